@@ -1,0 +1,44 @@
+# Sluice: build, test and benchmark. `make test` is what CI runs.
+GO ?= go
+export GOFLAGS ?= -buildvcs=false
+
+.PHONY: all build test test-deps vet fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o sluice .
+
+# Tests need a real redis-server; install it when missing (as root, from
+# Debian's packages), or say how to.
+test-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server is missing: install it (e.g. apt-get install redis-server) and re-run make test" >&2; exit 1; \
+	  fi; }
+
+vet:
+	$(GO) vet ./...
+
+test: test-deps vet
+	$(GO) test -race -count=1 -timeout 5m ./...
+
+# Short fuzzing of every parser; FUZZTIME=5m for a longer run.
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzzing $$pkg $$f"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./proxy/
+	$(GO) run ./bench -rounds 3 -out docs/benchmarks.md
+
+clean:
+	rm -f sluice

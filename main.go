@@ -1,0 +1,243 @@
+// Command sluice is a sidecar that makes AI API calls reliable: it queues
+// requests by priority, keeps provider quotas, honours Retry-After, retries,
+// breaks the circuit on failing upstreams and keeps what it cannot deliver.
+//
+// Usage:
+//
+//	sluice [serve] [-config config.yaml]   serve (the default command)
+//	sluice check [-config config.yaml]     validate a config and exit
+//
+// main only wires: everything is built from the config in run, which the
+// tests call directly.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/sluice-ai/sluice/admin"
+	"github.com/sluice-ai/sluice/config"
+	"github.com/sluice-ai/sluice/metrics"
+	"github.com/sluice-ai/sluice/proxy"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "sluice:", err)
+		}
+		os.Exit(exitCode(err))
+	}
+}
+
+// errUsage marks a command line that could not be understood.
+var errUsage = errors.New("usage: sluice [serve|check] [-config FILE]")
+
+func exitCode(err error) int {
+	if errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
+		return 2
+	}
+	return 1
+}
+
+// run executes the command in args until it is done or ctx is cancelled.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		cfg, err := loadConfig(cmd, args, stderr)
+		if err != nil {
+			return err
+		}
+		return serve(ctx, cfg, stderr)
+	case "check":
+		cfg, err := loadConfig(cmd, args, stderr)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "config ok: %d providers, %d classes, %s mode\n",
+			len(cfg.Providers), len(cfg.Classes), mode(cfg))
+		return nil
+	default:
+		return fmt.Errorf("unknown command %q: %w", cmd, errUsage)
+	}
+}
+
+func loadConfig(cmd string, args []string, stderr io.Writer) (*config.Config, error) {
+	fs := flag.NewFlagSet("sluice "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "config.yaml", "path of the configuration file")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q: %w", fs.Arg(0), errUsage)
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return nil, fmt.Errorf("loading config: %w", err)
+	}
+	return cfg, nil
+}
+
+func mode(cfg *config.Config) string {
+	if cfg.SharedMode() {
+		return "shared (redis)"
+	}
+	return "single-replica"
+}
+
+// serve runs the proxy and the admin listener until ctx is cancelled, then
+// shuts them down in reverse order: not ready, drain the proxy within the
+// grace period, stop the admin listener.
+func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
+	log, err := newLogger(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg)
+
+	ps, err := proxySettings(cfg)
+	if err != nil {
+		return err
+	}
+	px, err := proxy.New(ps, m, log)
+	if err != nil {
+		return err
+	}
+	adm, err := admin.New(admin.Settings{
+		Listen: cfg.Admin.Listen,
+		Token:  cfg.Admin.Token.Reveal(),
+		Status: func() any { return map[string]any{"providers": px.Status()} },
+	}, reg, log)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listening on admin %s: %w", cfg.Admin.Listen, err)
+	}
+
+	errc := make(chan error, 2)
+	go func() { errc <- px.Serve(ln) }()
+	go func() { errc <- adm.Serve(adminLn) }()
+	adm.SetReady(true)
+	log.Info("serving", slog.String("listen", ln.Addr().String()), slog.String("admin", adminLn.Addr().String()),
+		slog.String("mode", mode(cfg)), slog.Int("providers", len(cfg.Providers)))
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", slog.String("grace", cfg.ShutdownGrace.String()))
+	case serveErr = <-errc:
+		log.Error("listener failed, shutting down", slog.String("error", serveErr.Error()))
+	}
+
+	adm.SetReady(false)
+	grace, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	if err := px.Shutdown(grace); err != nil {
+		log.Warn("drain incomplete", slog.String("error", err.Error()))
+	}
+	stopAdmin, cancelAdmin := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelAdmin()
+	if err := adm.Shutdown(stopAdmin); err != nil {
+		log.Warn("stopping admin listener", slog.String("error", err.Error()))
+	}
+	log.Info("stopped")
+	return serveErr
+}
+
+func newLogger(cfg *config.Config, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return nil, fmt.Errorf("log_level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewJSONHandler(w, opts)), nil
+}
+
+// proxySettings maps the config onto the proxy's own settings.
+func proxySettings(cfg *config.Config) (proxy.Settings, error) {
+	s := proxy.Settings{
+		DefaultClass: cfg.DefaultClass,
+		MaxBodyBytes: int(cfg.MaxBodyBytes),
+	}
+	for _, c := range cfg.Classes {
+		s.Classes = append(s.Classes, c.Name)
+	}
+	for _, p := range cfg.Providers {
+		tlsConfig, err := upstreamTLS(p.TLS)
+		if err != nil {
+			return s, fmt.Errorf("providers[%s].tls: %w", p.Name, err)
+		}
+		s.Providers = append(s.Providers, proxy.Provider{
+			Name:                  p.Name,
+			BaseURL:               p.BaseURL,
+			Prefix:                p.Prefix,
+			Default:               p.Default,
+			APIKey:                p.APIKey.Reveal(),
+			ConnectTimeout:        p.ConnectTimeout,
+			ResponseHeaderTimeout: p.ResponseHeaderTimeout,
+			StreamIdleTimeout:     p.StreamIdleTimeout,
+			Timeout:               p.Timeout,
+			MaxConns:              p.MaxConns,
+			TLSConfig:             tlsConfig,
+		})
+	}
+	return s, nil
+}
+
+func upstreamTLS(t config.ProviderTLS) (*tls.Config, error) {
+	if t.CAFile == "" && !t.InsecureSkipVerify && t.ServerName == "" {
+		return nil, nil
+	}
+	c := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		ServerName:         t.ServerName,
+		InsecureSkipVerify: t.InsecureSkipVerify, //nolint:gosec // an explicit operator choice, documented as unsafe
+	}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading ca_file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s: no PEM certificates", t.CAFile)
+		}
+	}
+	return c, nil
+}

@@ -1,0 +1,163 @@
+// Package metrics defines Sluice's Prometheus collectors.
+//
+// Every collector lives on a registry passed to [New]; nothing is registered
+// globally. The hot path never builds label values: [Metrics.Provider]
+// resolves a provider's children once at start-up, and status-code children
+// are resolved on first use and cached, so recording a request costs a few
+// atomic operations and no allocations.
+package metrics
+
+import (
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Upstream outcome labels used in place of an HTTP status code when no
+// response arrived.
+const (
+	CodeError   = "error"   // connection refused, reset, TLS failure, ...
+	CodeTimeout = "timeout" // connect, header, idle or total timeout
+)
+
+// durationBuckets span a cached embedding (a few ms) to a long reasoning
+// generation (minutes).
+var durationBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}
+
+// Metrics holds Sluice's collectors. It is safe for concurrent use.
+type Metrics struct {
+	requests         *prometheus.CounterVec
+	requestDuration  *prometheus.HistogramVec
+	upstreamRequests *prometheus.CounterVec
+	upstreamDuration *prometheus.HistogramVec
+	reg              prometheus.Registerer
+}
+
+// New creates the collectors and registers them on reg. It panics if a
+// collector is already registered there, which is a programming error.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_requests_total",
+			Help: "Requests answered by Sluice, by provider, priority class and HTTP status sent to the client.",
+		}, []string{"provider", "class", "code"}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "sluice_request_duration_seconds",
+			Help:    "Time from receiving a request to having its response headers ready, including queueing and retries.",
+			Buckets: durationBuckets,
+		}, []string{"provider", "class"}),
+		upstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_upstream_requests_total",
+			Help: "Attempts sent upstream, by provider and upstream HTTP status (or error / timeout).",
+		}, []string{"provider", "code"}),
+		upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "sluice_upstream_duration_seconds",
+			Help:    "Time from sending an attempt upstream to receiving its response headers.",
+			Buckets: durationBuckets,
+		}, []string{"provider"}),
+		reg: reg,
+	}
+	reg.MustRegister(m.requests, m.requestDuration, m.upstreamRequests, m.upstreamDuration)
+	return m
+}
+
+// Provider returns the pre-resolved collectors of one provider. classes are
+// the priority class names in the order the caller will index them;
+// inflight reports the requests being proxied to the provider right now
+// (streams count until their last byte) and is read at scrape time. It
+// panics if the provider was registered before.
+func (m *Metrics) Provider(name string, classes []string, inflight func() float64) *Provider {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "sluice_inflight_requests",
+		Help:        "Requests currently being proxied upstream (streams count until their last byte).",
+		ConstLabels: prometheus.Labels{"provider": name},
+	}, inflight))
+	p := &Provider{
+		upstreamDuration: m.upstreamDuration.WithLabelValues(name),
+		upstream:         newCodeCounters(m.upstreamRequests, name),
+		upstreamError:    m.upstreamRequests.WithLabelValues(name, CodeError),
+		upstreamTimeout:  m.upstreamRequests.WithLabelValues(name, CodeTimeout),
+		classes:          make([]classMetrics, len(classes)),
+	}
+	for i, c := range classes {
+		p.classes[i] = classMetrics{
+			duration: m.requestDuration.WithLabelValues(name, c),
+			requests: newCodeCounters(m.requests, name, c),
+		}
+	}
+	return p
+}
+
+// Provider records the metrics of one provider. Class arguments index the
+// class list given to [Metrics.Provider]; an index out of range is a
+// programming error and panics.
+type Provider struct {
+	upstreamDuration prometheus.Observer
+	upstream         *codeCounters
+	upstreamError    prometheus.Counter
+	upstreamTimeout  prometheus.Counter
+	classes          []classMetrics
+}
+
+type classMetrics struct {
+	duration prometheus.Observer
+	requests *codeCounters
+}
+
+// Request records one answered request: the status sent to the client and
+// the time until its response headers were ready.
+func (p *Provider) Request(class, status int, d time.Duration) {
+	c := &p.classes[class]
+	c.requests.status(status).Inc()
+	c.duration.Observe(d.Seconds())
+}
+
+// Upstream records one upstream attempt that got a response.
+func (p *Provider) Upstream(status int, d time.Duration) {
+	p.upstream.status(status).Inc()
+	p.upstreamDuration.Observe(d.Seconds())
+}
+
+// UpstreamFailed records one upstream attempt that got no response, as
+// [CodeTimeout] when timedOut and as [CodeError] otherwise.
+func (p *Provider) UpstreamFailed(timedOut bool, d time.Duration) {
+	if timedOut {
+		p.upstreamTimeout.Inc()
+	} else {
+		p.upstreamError.Inc()
+	}
+	p.upstreamDuration.Observe(d.Seconds())
+}
+
+// codeCounters caches the children of a counter vector whose last label is
+// an HTTP status code, so that a status seen once is counted without a map
+// lookup or an allocation.
+type codeCounters struct {
+	vec    *prometheus.CounterVec
+	prefix []string // label values before the code
+	byCode [600]atomic.Pointer[prometheus.Counter]
+}
+
+func newCodeCounters(vec *prometheus.CounterVec, prefix ...string) *codeCounters {
+	return &codeCounters{vec: vec, prefix: prefix}
+}
+
+func (cc *codeCounters) status(code int) prometheus.Counter {
+	if code < 100 || code >= len(cc.byCode) {
+		return cc.named(strconv.Itoa(code))
+	}
+	if c := cc.byCode[code].Load(); c != nil {
+		return *c
+	}
+	c := cc.named(strconv.Itoa(code))
+	cc.byCode[code].Store(&c)
+	return c
+}
+
+func (cc *codeCounters) named(code string) prometheus.Counter {
+	lvs := make([]string, 0, len(cc.prefix)+1)
+	lvs = append(append(lvs, cc.prefix...), code)
+	return cc.vec.WithLabelValues(lvs...)
+}

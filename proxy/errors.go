@@ -1,0 +1,95 @@
+package proxy
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+
+	"github.com/valyala/fasthttp"
+)
+
+// apiError is an answer Sluice gives itself, in the shape the OpenAI SDKs
+// parse ({"error": {"message", "type", "code"}}), so that callers see a
+// readable error instead of a transport failure.
+type apiError struct {
+	status     int
+	retryAfter string // Retry-After value, "" for none
+	body       []byte // rendered once; answers are immutable
+}
+
+func newAPIError(status int, typ, code, message string) *apiError {
+	var doc struct {
+		Error struct {
+			Message string `json:"message"`
+			Type    string `json:"type"`
+			Code    string `json:"code"`
+		} `json:"error"`
+	}
+	doc.Error.Message, doc.Error.Type, doc.Error.Code = message, typ, code
+	body, err := json.Marshal(doc)
+	if err != nil {
+		panic("proxy: rendering an error body: " + err.Error()) // only strings: cannot fail
+	}
+	return &apiError{status: status, body: body}
+}
+
+func (e *apiError) withRetryAfter(seconds string) *apiError {
+	c := *e
+	c.retryAfter = seconds
+	return &c
+}
+
+// The fixed answers. Each is immutable; contract tests pin their bodies.
+var (
+	errBadRequest = newAPIError(fasthttp.StatusBadRequest, "invalid_request_error", "bad_request",
+		"the request could not be parsed as HTTP")
+	errNoRoute = newAPIError(fasthttp.StatusNotFound, "invalid_request_error", "unknown_route",
+		"no provider serves this path: use /v1/... for the default provider or a configured provider prefix")
+	errBodyTooLarge = newAPIError(fasthttp.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large",
+		"the request body is larger than this gateway accepts (max_body_bytes)")
+	errUpstream = newAPIError(fasthttp.StatusBadGateway, "server_error", "upstream_error",
+		"the upstream provider could not be reached or broke the connection")
+	errUpstreamTimeout = newAPIError(fasthttp.StatusGatewayTimeout, "server_error", "upstream_timeout",
+		"the upstream provider did not answer in time")
+	errDraining = newAPIError(fasthttp.StatusServiceUnavailable, "server_error", "shutting_down",
+		"this gateway is shutting down; retry on another replica").withRetryAfter("1")
+)
+
+// writeError is the one place that renders Sluice's own errors.
+func writeError(ctx *fasthttp.RequestCtx, e *apiError) {
+	ctx.Response.ResetBody()
+	ctx.SetStatusCode(e.status)
+	ctx.Response.Header.SetContentType("application/json")
+	if e.retryAfter != "" {
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, e.retryAfter)
+	}
+	ctx.Response.SetBodyRaw(e.body)
+}
+
+// upstreamError maps a failed upstream round trip to the answer the client
+// gets and reports whether it was a timeout.
+func upstreamError(err error) (*apiError, bool) {
+	if isTimeout(err) {
+		return errUpstreamTimeout, true
+	}
+	return errUpstream, false
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, errStreamTimeout) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// serverError answers requests that fasthttp rejected before our handler ran.
+func serverError(ctx *fasthttp.RequestCtx, err error) {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		writeError(ctx, errBodyTooLarge)
+		return
+	}
+	writeError(ctx, errBadRequest)
+}

@@ -1,0 +1,78 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// relay streams an upstream response body to the client. fasthttp's server
+// reads it after the handler has returned and writes each Read as it comes
+// (one HTTP chunk, flushed, when the length is unknown), so server-sent
+// events reach the client as the provider emits them. The relay owns the
+// upstream response until fasthttp closes it.
+type relay struct {
+	up       *upstream
+	resp     *fasthttp.Response
+	body     io.Reader
+	conn     *trackedConn // nil when the connection is not ours to steer
+	deadline time.Time    // the request's total deadline
+	err      error        // first upstream read error, for the close
+}
+
+var relayPool = sync.Pool{New: func() any { return new(relay) }}
+
+// errStreamTimeout marks an upstream body that stalled past the idle or
+// total timeout.
+var errStreamTimeout = errors.New("proxy: upstream body timed out")
+
+func newRelay(up *upstream, resp *fasthttp.Response, start time.Time) *relay {
+	r := relayPool.Get().(*relay)
+	r.up, r.resp, r.body = up, resp, resp.BodyStream()
+	r.conn = connOf(resp)
+	r.deadline = start.Add(up.totalTimeout)
+	return r
+}
+
+// Read reads the next piece of the upstream body. Before each read the
+// connection's deadline moves to the idle timeout from now, capped by the
+// total deadline, so a stream may run long but may not stall.
+func (r *relay) Read(p []byte) (int, error) {
+	if r.conn != nil {
+		d := time.Now().Add(r.up.idleTimeout)
+		if r.deadline.Before(d) {
+			d = r.deadline
+		}
+		_ = r.conn.SetReadDeadline(d)
+	}
+	n, err := r.body.Read(p)
+	if err != nil && err != io.EOF && r.err == nil {
+		if isTimeout(err) {
+			err = errStreamTimeout
+		}
+		r.err = err
+	}
+	return n, err
+}
+
+// CloseWithError is called by fasthttp once the body has been written, with
+// the error that stopped the write (nil when it completed). It releases the
+// upstream response; a connection whose body was not read to the end is
+// closed rather than reused.
+func (r *relay) CloseWithError(writeErr error) error {
+	if s, ok := r.body.(fasthttp.ReadCloserWithError); ok {
+		cause := writeErr
+		if cause == nil {
+			cause = r.err
+		}
+		_ = s.CloseWithError(cause)
+	}
+	r.up.inflight.Add(-1)
+	fasthttp.ReleaseResponse(r.resp)
+	*r = relay{}
+	relayPool.Put(r)
+	return nil
+}
