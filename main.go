@@ -89,7 +89,10 @@ func loadConfig(cmd string, args []string, stderr io.Writer) (*config.Config, er
 	fs.SetOutput(stderr)
 	path := fs.String("config", "config.yaml", "path of the configuration file")
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%v: %w", err, errUsage)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q: %w", fs.Arg(0), errUsage)

@@ -262,6 +262,7 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, up *upstream, path []byte, sta
 	up.prepare(req, ctx, path)
 
 	up.inflight.Add(1)
+	resp.StreamBody = wantsStream(ctx)
 	sent := time.Now()
 	err := up.roundTrip(req, resp, start)
 	fasthttp.ReleaseRequest(req)
@@ -284,7 +285,7 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, up *upstream, path []byte, sta
 	ctx.SetStatusCode(status)
 	copyResponseHeaders(&ctx.Response.Header, &resp.Header)
 	if resp.BodyStream() == nil {
-		// No body to stream (HEAD, 204, 304): nothing outlives the handler.
+		// Read whole (or no body at all): nothing outlives the handler.
 		ctx.Response.SetBody(resp.Body())
 		up.inflight.Add(-1)
 		fasthttp.ReleaseResponse(resp)

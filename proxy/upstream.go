@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -94,8 +95,9 @@ func newUpstream(p Provider) (*upstream, error) {
 		// scheduler), never fasthttp's.
 		MaxIdemponentCallAttempts: 1,
 		RetryIfErr:                func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
-		// The body is relayed as it arrives; nothing is buffered whole.
-		StreamResponseBody: true,
+		// Responses that may be long (streams, downloads) are relayed as
+		// they arrive; see wantsStream. The rest are read whole, bounded.
+		MaxResponseBodySize: maxBufferedResponse,
 		// The client's path was normalised when it was routed and is
 		// re-escaped by us; fasthttp must send it as given.
 		DisablePathNormalizing:   true,
@@ -133,6 +135,20 @@ func (u *upstream) prepare(req *fasthttp.Request, ctx *fasthttp.RequestCtx, path
 	// The body stays owned by ctx; req is sent and released before the
 	// handler returns.
 	req.SetBodyRaw(ctx.PostBody())
+}
+
+// maxBufferedResponse caps a response read whole: far above any completion
+// or embeddings batch, and a guard against a runaway upstream.
+const maxBufferedResponse = 256 << 20
+
+// wantsStream reports whether the response to the client's request should
+// be relayed as it arrives rather than read whole. A POST is read whole
+// unless its body mentions "stream" (a false positive, say in a prompt, only
+// costs the streaming path); anything else, such as a file download,
+// streams. Reading small responses whole saves fasthttp's per-stream
+// allocations and lets the proxy see their usage.
+func wantsStream(ctx *fasthttp.RequestCtx) bool {
+	return !ctx.IsPost() || bytes.Contains(ctx.PostBody(), []byte(`"stream"`))
 }
 
 // roundTrip sends req and waits for the response headers, within the
