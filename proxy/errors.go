@@ -85,8 +85,11 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// serverError answers requests that fasthttp rejected before our handler ran.
-func serverError(ctx *fasthttp.RequestCtx, err error) {
+// serverError answers requests that fasthttp rejected before the handler
+// ran.
+func (p *Proxy) serverError(ctx *fasthttp.RequestCtx, err error) {
+	var idBuf [32]byte
+	ctx.Response.Header.SetBytesV(HeaderRequestID, p.ids.next(&idBuf))
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		writeError(ctx, errBodyTooLarge)
 		return

@@ -157,7 +157,7 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 	}
 	p.server = &fasthttp.Server{
 		Handler:               p.serve,
-		ErrorHandler:          serverError,
+		ErrorHandler:          p.serverError,
 		Name:                  "sluice",
 		MaxRequestBodySize:    maxBody,
 		ReadBufferSize:        16 << 10,

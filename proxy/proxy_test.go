@@ -331,6 +331,9 @@ func TestErrors(t *testing.T) {
 			if resp.StatusCode != tt.status {
 				t.Fatalf("status = %d, want %d (body %s)", resp.StatusCode, tt.status, body)
 			}
+			if id := resp.Header.Get(HeaderRequestID); len(id) != 32 {
+				t.Errorf("%s = %q on an error response", HeaderRequestID, id)
+			}
 			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type = %q, want application/json", ct)
 			}

@@ -1,0 +1,61 @@
+package metrics
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestProviderMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	inflight := 2.0
+	p := m.Provider("openai", []string{"critical", "low"}, func() float64 { return inflight })
+	p.Request(0, 200, 10*time.Millisecond)
+	p.Request(0, 200, 20*time.Millisecond)
+	p.Request(1, 429, time.Millisecond)
+	p.Request(1, 999, time.Millisecond) // outside the cache: still counted
+	p.Upstream(503, time.Second)
+	p.UpstreamFailed(true, time.Second)
+	p.UpstreamFailed(false, time.Second)
+
+	const want = `
+# HELP sluice_requests_total Requests answered by Sluice, by provider, priority class and HTTP status sent to the client.
+# TYPE sluice_requests_total counter
+sluice_requests_total{class="critical",code="200",provider="openai"} 2
+sluice_requests_total{class="low",code="429",provider="openai"} 1
+sluice_requests_total{class="low",code="999",provider="openai"} 1
+# HELP sluice_upstream_requests_total Attempts sent upstream, by provider and upstream HTTP status (or error / timeout).
+# TYPE sluice_upstream_requests_total counter
+sluice_upstream_requests_total{code="503",provider="openai"} 1
+sluice_upstream_requests_total{code="error",provider="openai"} 1
+sluice_upstream_requests_total{code="timeout",provider="openai"} 1
+# HELP sluice_inflight_requests Requests currently being proxied upstream (streams count until their last byte).
+# TYPE sluice_inflight_requests gauge
+sluice_inflight_requests{provider="openai"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"sluice_requests_total", "sluice_upstream_requests_total", "sluice_inflight_requests"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(reg, "sluice_request_duration_seconds"); n != 2 {
+		t.Errorf("request duration series = %d, want 2 (one per class)", n)
+	}
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil || len(problems) != 0 {
+		t.Errorf("lint: %v %v", err, problems)
+	}
+}
+
+func BenchmarkRequest(b *testing.B) {
+	p := New(prometheus.NewRegistry()).Provider("openai", []string{"default"}, func() float64 { return 0 })
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			p.Request(0, 200, time.Millisecond)
+		}
+	})
+}
