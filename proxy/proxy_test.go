@@ -579,12 +579,22 @@ func mustCounter(tb testing.TB, g prometheus.Gatherer, name string, labels ...st
 	return nil
 }
 
-func TestShutdownDrainsStreams(t *testing.T) {
+// streamInFlight starts a proxy that is not stopped at cleanup, opens a
+// streamed completion through it whose upstream holds everything after the
+// first event until gate closes, and returns once that event arrived.
+type streamInFlight struct {
+	p          *Proxy
+	addr       string
+	served     chan error // Serve's result
+	streamDone chan error // the client's read of the rest of the stream
+}
+
+func startStreamInFlight(t *testing.T, gate <-chan struct{}) *streamInFlight {
+	t.Helper()
 	up := upstreamtest.New(t, upstreamtest.Options{Chunks: 3})
-	gate := make(chan struct{})
 	up.SetGate(gate)
-	reg := prometheus.NewRegistry()
-	p, err := New(Settings{Providers: []Provider{defaultProvider(up.URL)}}, metrics.New(reg), slog.New(slog.DiscardHandler))
+	p, err := New(Settings{Providers: []Provider{defaultProvider(up.URL)}},
+		metrics.New(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -592,25 +602,29 @@ func TestShutdownDrainsStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ln) }()
+	s := &streamInFlight{p: p, addr: ln.Addr().String(), served: make(chan error, 1), streamDone: make(chan error, 1)}
+	go func() { s.served <- p.Serve(ln) }()
 
-	resp := post(t, client(t), "http://"+ln.Addr().String()+"/v1/chat/completions", `{"stream":true}`, nil)
-	defer resp.Body.Close()
+	resp := post(t, client(t), "http://"+s.addr+"/v1/chat/completions", `{"stream":true}`, nil)
+	t.Cleanup(func() { resp.Body.Close() })
 	events := make(chan string, 16)
-	streamDone := make(chan error, 1)
-	go func() { streamDone <- sseEvents(bufio.NewReader(resp.Body), events) }()
-	<-events // the stream is in flight
+	go func() { s.streamDone <- sseEvents(bufio.NewReader(resp.Body), events) }()
+	<-events
+	return s
+}
 
+func TestShutdownDrainsStreams(t *testing.T) {
+	gate := make(chan struct{})
+	s := startStreamInFlight(t, gate)
 	shutdown := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		shutdown <- p.Shutdown(ctx)
+		shutdown <- s.p.Shutdown(ctx)
 	}()
 	// New connections are refused once the listener is closed.
 	for {
-		c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second)
+		c, err := net.DialTimeout("tcp", s.addr, time.Second)
 		if err != nil {
 			break
 		}
@@ -622,47 +636,28 @@ func TestShutdownDrainsStreams(t *testing.T) {
 		}
 	}
 	close(gate) // the stream may now finish
-	if err := <-streamDone; !errors.Is(err, io.EOF) {
+	if err := <-s.streamDone; !errors.Is(err, io.EOF) {
 		t.Errorf("in-flight stream ended with %v, want a complete stream", err)
 	}
 	if err := <-shutdown; err != nil {
 		t.Errorf("Shutdown = %v, want nil", err)
 	}
-	if err := <-served; err != nil {
+	if err := <-s.served; err != nil {
 		t.Errorf("Serve = %v", err)
 	}
 }
 
 func TestShutdownGraceCutsStreams(t *testing.T) {
-	up := upstreamtest.New(t, upstreamtest.Options{Chunks: 3})
-	up.SetGate(make(chan struct{})) // never opens
-	reg := prometheus.NewRegistry()
-	p, err := New(Settings{Providers: []Provider{defaultProvider(up.URL)}}, metrics.New(reg), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ln) }()
-	resp := post(t, client(t), "http://"+ln.Addr().String()+"/v1/chat/completions", `{"stream":true}`, nil)
-	defer resp.Body.Close()
-	events := make(chan string, 16)
-	streamDone := make(chan error, 1)
-	go func() { streamDone <- sseEvents(bufio.NewReader(resp.Body), events) }()
-	<-events
-
+	s := startStreamInFlight(t, make(chan struct{})) // the gate never opens
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	if err := p.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+	if err := s.p.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Shutdown = %v, want the grace period exceeded", err)
 	}
-	if err := <-streamDone; err == nil || errors.Is(err, io.EOF) {
+	if err := <-s.streamDone; err == nil || errors.Is(err, io.EOF) {
 		t.Errorf("stream ended with %v, want it cut", err)
 	}
-	if err := <-served; err != nil {
+	if err := <-s.served; err != nil {
 		t.Errorf("Serve = %v", err)
 	}
 }
