@@ -78,7 +78,7 @@ func upstreamError(err error) (*apiError, bool) {
 
 func isTimeout(err error) bool {
 	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) ||
-		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, errStreamTimeout) {
+		errors.Is(err, os.ErrDeadlineExceeded) {
 		return true
 	}
 	var ne net.Error

@@ -108,7 +108,7 @@ func copyRequestHeaders(dst *fasthttp.RequestHeader, src *fasthttp.RequestHeader
 	var ct connectionTokens
 	ct.parse(src.Peek(fasthttp.HeaderConnection))
 	for k, v := range src.All() {
-		if isHopByHop(k) || isSluiceHeader(k) || (ct.n > 0 || ct.many) && ct.has(k) {
+		if isHopByHop(k) || isSluiceHeader(k) || ct.has(k) {
 			continue
 		}
 		switch len(k) {
@@ -131,7 +131,7 @@ func copyResponseHeaders(dst *fasthttp.ResponseHeader, src *fasthttp.ResponseHea
 	var ct connectionTokens
 	ct.parse(src.Peek(fasthttp.HeaderConnection))
 	for k, v := range src.All() {
-		if isHopByHop(k) || (ct.n > 0 || ct.many) && ct.has(k) {
+		if isHopByHop(k) || ct.has(k) {
 			continue
 		}
 		dst.AddBytesKV(k, v)

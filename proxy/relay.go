@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"io"
 	"sync"
 	"time"
@@ -20,14 +19,9 @@ type relay struct {
 	body     io.Reader
 	conn     *trackedConn // nil when the connection is not ours to steer
 	deadline time.Time    // the request's total deadline
-	err      error        // first upstream read error, for the close
 }
 
 var relayPool = sync.Pool{New: func() any { return new(relay) }}
-
-// errStreamTimeout marks an upstream body that stalled past the idle or
-// total timeout.
-var errStreamTimeout = errors.New("proxy: upstream body timed out")
 
 func newRelay(up *upstream, resp *fasthttp.Response, start time.Time) *relay {
 	r := relayPool.Get().(*relay)
@@ -48,27 +42,16 @@ func (r *relay) Read(p []byte) (int, error) {
 		}
 		_ = r.conn.SetReadDeadline(d)
 	}
-	n, err := r.body.Read(p)
-	if err != nil && err != io.EOF && r.err == nil {
-		if isTimeout(err) {
-			err = errStreamTimeout
-		}
-		r.err = err
-	}
-	return n, err
+	return r.body.Read(p)
 }
 
 // CloseWithError is called by fasthttp once the body has been written, with
 // the error that stopped the write (nil when it completed). It releases the
-// upstream response; a connection whose body was not read to the end is
-// closed rather than reused.
+// upstream response; fasthttp closes, rather than reuses, a connection
+// whose body was not read to the end or whose client write failed.
 func (r *relay) CloseWithError(writeErr error) error {
 	if s, ok := r.body.(fasthttp.ReadCloserWithError); ok {
-		cause := writeErr
-		if cause == nil {
-			cause = r.err
-		}
-		_ = s.CloseWithError(cause)
+		_ = s.CloseWithError(writeErr)
 	}
 	r.up.inflight.Add(-1)
 	fasthttp.ReleaseResponse(r.resp)

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -173,5 +172,3 @@ func (u *upstream) close() {
 	u.dialer.closeAll()
 	u.hc.CloseIdleConnections()
 }
-
-var errClosed = errors.New("proxy: upstream closed")
