@@ -25,6 +25,24 @@ func (p *problems) addf(key, format string, args ...any) {
 	*p = append(*p, errors.New(key+": "+fmt.Sprintf(format, args...)))
 }
 
+// firstIndex remembers where each name of a list first appeared, so that a
+// duplicate is reported with both positions.
+type firstIndex map[string]int
+
+// check records name as element i of list, or reports under key that it
+// repeats an earlier element; what says what the name is ("class name").
+// An empty name is neither recorded nor reported: it is "required" elsewhere.
+func (f firstIndex) check(p *problems, key, list, what, name string, i int) {
+	if name == "" {
+		return
+	}
+	if j, dup := f[name]; dup {
+		p.addf(key, "duplicate %s %q (%s[%d] and %s[%d])", what, name, list, j, list, i)
+		return
+	}
+	f[name] = i
+}
+
 // Validate checks c and returns every problem it finds, joined with
 // [errors.Join], or nil. Each problem names the key path it concerns, in the
 // form "providers[openai].limits.requests_per_minute: must be >= 0"; list
@@ -174,15 +192,11 @@ func (c *Config) validateClasses(p *problems) {
 	if len(c.Classes) == 0 {
 		p.addf("classes", "at least one class is required")
 	}
-	first := map[string]int{}
+	first := firstIndex{}
 	for i, cl := range c.Classes {
 		key := "classes[" + label(cl.Name, i) + "]"
 		checkName(p, key+".name", cl.Name)
-		if j, dup := first[cl.Name]; dup && cl.Name != "" {
-			p.addf(key+".name", "duplicate class name %q (classes[%d] and classes[%d])", cl.Name, j, i)
-		} else {
-			first[cl.Name] = i
-		}
+		first.check(p, key+".name", "classes", "class name", cl.Name, i)
 		positive(p, key+".max_wait", cl.MaxWait)
 		if cl.MaxQueue <= 0 {
 			p.addf(key+".max_queue", "must be > 0, got %d", cl.MaxQueue)
@@ -209,7 +223,7 @@ func (c *Config) validateClasses(p *problems) {
 	}
 	known("default_class", c.DefaultClass)
 
-	paths := map[string]int{}
+	paths := firstIndex{}
 	for i, r := range c.Routes {
 		key := fmt.Sprintf("routes[%d]", i)
 		switch {
@@ -222,11 +236,7 @@ func (c *Config) validateClasses(p *problems) {
 		default:
 			checkText(p, key+".path", r.Path)
 		}
-		if j, dup := paths[r.Path]; dup && r.Path != "" {
-			p.addf(key+".path", "duplicate path %q (routes[%d] and routes[%d])", r.Path, j, i)
-		} else {
-			paths[r.Path] = i
-		}
+		paths.check(p, key+".path", "routes", "path", r.Path, i)
 		known(key+".class", r.Class)
 	}
 }
@@ -236,17 +246,13 @@ func (c *Config) validateProviders(p *problems) {
 		p.addf("providers", "at least one provider is required")
 		return
 	}
-	firstName := map[string]int{}
+	firstName := firstIndex{}
 	var defaults []string
 	for i := range c.Providers {
 		pr := &c.Providers[i]
 		key := "providers[" + label(pr.Name, i) + "]"
 		checkName(p, key+".name", pr.Name)
-		if j, dup := firstName[pr.Name]; dup && pr.Name != "" {
-			p.addf(key+".name", "duplicate provider name %q (providers[%d] and providers[%d])", pr.Name, j, i)
-		} else {
-			firstName[pr.Name] = i
-		}
+		firstName.check(p, key+".name", "providers", "provider name", pr.Name, i)
 		if pr.Default {
 			defaults = append(defaults, label(pr.Name, i))
 		}
@@ -322,21 +328,18 @@ func (pr *Provider) validate(p *problems, key string) {
 	if pr.Breaker.HalfOpenRequests < 1 {
 		p.addf(key+".breaker.half_open_requests", "must be >= 1, got %d", pr.Breaker.HalfOpenRequests)
 	}
-	first := map[string]int{}
+	first := firstIndex{}
 	for i, m := range pr.Models {
 		mkey := key + ".models[" + strconv.Itoa(i) + "]"
 		if m.Name != "" && !strings.ContainsFunc(m.Name, unicode.IsControl) {
 			mkey = key + ".models[" + m.Name + "]"
 		}
-		switch j, dup := first[m.Name]; {
-		case m.Name == "":
+		if m.Name == "" {
 			p.addf(mkey+".name", "required")
-		case dup:
-			p.addf(mkey+".name", "duplicate model %q (models[%d] and models[%d])", m.Name, j, i)
-		default:
-			first[m.Name] = i
+		} else {
 			checkText(p, mkey+".name", m.Name)
 		}
+		first.check(p, mkey+".name", "models", "model", m.Name, i)
 		m.Limits.validate(p, mkey+".limits")
 		if m.DefaultMaxTokens < 0 {
 			p.addf(mkey+".default_max_tokens", "must be >= 0, got %d", m.DefaultMaxTokens)
