@@ -36,6 +36,8 @@ const (
 	defaultEmbeddingsClass = "low"
 	defaultStream          = "sluice:deadletters"
 	defaultFile            = "deadletters.jsonl"
+	defaultTokenEstimator  = "bytes"
+	maxWeight              = 1000
 
 	defaultTimeout           = 10 * time.Minute
 	defaultConnectTimeout    = 10 * time.Second
@@ -94,6 +96,11 @@ type Config struct {
 	Providers []Provider `yaml:"providers"`
 	// DeadLetter configures where undeliverable requests are recorded.
 	DeadLetter DeadLetter `yaml:"deadletter"`
+	// TokenEstimator is how prompt tokens are estimated before a request is
+	// sent: "bytes" (text bytes / 3, corrected per model from the usage the
+	// provider reports; cheap) or "tiktoken" (an offline BPE tokenizer;
+	// exact for OpenAI models, about ten times the CPU). Default "bytes".
+	TokenEstimator string `yaml:"token_estimator"`
 }
 
 // Admin configures the admin listener: metrics, health, status page and the
@@ -150,6 +157,12 @@ type Class struct {
 	// MaxAttempts caps upstream attempts for this class. 0 means the
 	// provider's retry.max_attempts. Must be >= 0.
 	MaxAttempts int `yaml:"max_attempts"`
+	// Weight is the class's share of dispatches while several classes
+	// wait: a class of weight 8 goes out eight times as often as one of
+	// weight 1, so lower classes slow down under load but never stop. 0
+	// (absent) means 2^(n-1-i) for the i-th of n classes (8, 4, 2, 1 for
+	// the defaults). Must be in [0, 1000].
+	Weight int `yaml:"weight"`
 }
 
 // Route gives requests to a path a default class, used when a request has
@@ -212,6 +225,13 @@ type Provider struct {
 	Breaker Breaker `yaml:"breaker"`
 	// Models are optional per-model quotas, held in addition to Limits.
 	Models []ModelLimits `yaml:"models"`
+	// DefaultMaxTokens is the completion size assumed when estimating a
+	// request's tokens if it sets neither max_tokens nor
+	// max_completion_tokens and its model has no default of its own. 0
+	// means none: such a request is charged its prompt up front and its
+	// completion when the usage arrives, as OpenAI itself counts it. Must
+	// be >= 0.
+	DefaultMaxTokens int `yaml:"default_max_tokens"`
 }
 
 // ProviderTLS configures TLS to one upstream. The zero value verifies the
@@ -310,12 +330,13 @@ type DeadLetter struct {
 // caller may change.
 func Default() *Config {
 	return &Config{
-		Listen:        defaultListen,
-		MaxBodyBytes:  defaultMaxBodyBytes,
-		ShutdownGrace: defaultShutdownGrace,
-		LogLevel:      defaultLogLevel,
-		LogFormat:     defaultLogFormat,
-		Admin:         Admin{Listen: defaultAdminListen},
+		Listen:         defaultListen,
+		MaxBodyBytes:   defaultMaxBodyBytes,
+		ShutdownGrace:  defaultShutdownGrace,
+		LogLevel:       defaultLogLevel,
+		LogFormat:      defaultLogFormat,
+		TokenEstimator: defaultTokenEstimator,
+		Admin:          Admin{Listen: defaultAdminListen},
 		Redis: Redis{
 			DialTimeout:    defaultDialTimeout,
 			CommandTimeout: defaultCommandTimeout,
@@ -332,11 +353,24 @@ func Default() *Config {
 
 func defaultClasses() []Class {
 	return []Class{
-		{Name: "critical", MaxWait: 30 * time.Second, MaxQueue: 1000, Share: 1},
-		{Name: "high", MaxWait: time.Minute, MaxQueue: 5000, Share: 1},
-		{Name: defaultClassName, MaxWait: 2 * time.Minute, MaxQueue: 10000, Share: 1},
-		{Name: defaultEmbeddingsClass, MaxWait: time.Hour, MaxQueue: 100000, Share: 0.5},
+		{Name: "critical", MaxWait: 30 * time.Second, MaxQueue: 1000, Share: 1, Weight: 8},
+		{Name: "high", MaxWait: time.Minute, MaxQueue: 5000, Share: 1, Weight: 4},
+		{Name: defaultClassName, MaxWait: 2 * time.Minute, MaxQueue: 10000, Share: 1, Weight: 2},
+		{Name: defaultEmbeddingsClass, MaxWait: time.Hour, MaxQueue: 100000, Share: 0.5, Weight: 1},
 	}
+}
+
+// defaultWeight halves the weight from one class to the next, so each class
+// gets twice the dispatches of the one below it; capped at maxWeight.
+func defaultWeight(i, n int) int {
+	w := 1
+	for range n - 1 - i {
+		if w*2 > maxWeight {
+			break
+		}
+		w *= 2
+	}
+	return w
 }
 
 // Load reads the YAML file at path and returns the config it describes,
@@ -464,6 +498,9 @@ func (c *Config) applyDefaults() {
 	for i := range c.Classes {
 		if c.Classes[i].Share == 0 {
 			c.Classes[i].Share = 1
+		}
+		if c.Classes[i].Weight == 0 {
+			c.Classes[i].Weight = defaultWeight(i, len(c.Classes))
 		}
 	}
 	if len(c.Routes) == 0 {

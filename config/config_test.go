@@ -144,6 +144,9 @@ func TestBadFixtures(t *testing.T) {
 		{"listen-same-as-admin", "admin.listen: must differ from listen (127.0.0.1:9090)"},
 		{"log-level-unknown", `log_level: must be one of debug, info, warn, error, got "verbose"`},
 		{"control-character", `providers[openai].models[0].name: must not contain control characters, got "gpt-4o\n"`},
+		{"class-weight-negative", "classes[critical].weight: must be in [1, 1000], got -2"},
+		{"token-estimator-unknown", `token_estimator: must be bytes or tiktoken, got "chars"`},
+		{"default-max-tokens-negative", "providers[openai].default_max_tokens: must be >= 0, got -1"},
 		{"api-key-trailing-newline", "providers[openai].api_key: must not contain whitespace or control characters"},
 	}
 	seen := map[string]bool{}
@@ -228,13 +231,14 @@ func TestMinimalDefaults(t *testing.T) {
 		Admin:         Admin{Listen: "127.0.0.1:9090"},
 		Redis:         Redis{DialTimeout: 200 * time.Millisecond, CommandTimeout: 50 * time.Millisecond},
 		Classes: []Class{
-			{Name: "critical", MaxWait: 30 * time.Second, MaxQueue: 1000, Share: 1},
-			{Name: "high", MaxWait: time.Minute, MaxQueue: 5000, Share: 1},
-			{Name: "default", MaxWait: 2 * time.Minute, MaxQueue: 10000, Share: 1},
-			{Name: "low", MaxWait: time.Hour, MaxQueue: 100000, Share: 0.5},
+			{Name: "critical", MaxWait: 30 * time.Second, MaxQueue: 1000, Share: 1, Weight: 8},
+			{Name: "high", MaxWait: time.Minute, MaxQueue: 5000, Share: 1, Weight: 4},
+			{Name: "default", MaxWait: 2 * time.Minute, MaxQueue: 10000, Share: 1, Weight: 2},
+			{Name: "low", MaxWait: time.Hour, MaxQueue: 100000, Share: 0.5, Weight: 1},
 		},
-		DefaultClass: "default",
-		Routes:       []Route{{Path: "/v1/embeddings", Class: "low"}},
+		TokenEstimator: "bytes",
+		DefaultClass:   "default",
+		Routes:         []Route{{Path: "/v1/embeddings", Class: "low"}},
 		Providers: []Provider{{
 			Name:                  "openai",
 			BaseURL:               "https://api.openai.com",

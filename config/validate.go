@@ -68,6 +68,9 @@ func (c *Config) Validate() error {
 	if !slices.Contains([]string{"json", "text"}, c.LogFormat) {
 		p.addf("log_format", "must be json or text, got %q", c.LogFormat)
 	}
+	if !slices.Contains([]string{"bytes", "tiktoken"}, c.TokenEstimator) {
+		p.addf("token_estimator", "must be bytes or tiktoken, got %q", c.TokenEstimator)
+	}
 	c.Redis.validate(&p)
 	c.validateClasses(&p)
 	c.validateProviders(&p)
@@ -208,6 +211,9 @@ func (c *Config) validateClasses(p *problems) {
 		if cl.MaxAttempts < 0 {
 			p.addf(key+".max_attempts", "must be >= 0, got %d", cl.MaxAttempts)
 		}
+		if cl.Weight < 1 || cl.Weight > maxWeight {
+			p.addf(key+".weight", "must be in [1, %d], got %d", maxWeight, cl.Weight)
+		}
 	}
 	names := make([]string, 0, len(c.Classes))
 	for _, cl := range c.Classes {
@@ -314,6 +320,9 @@ func (pr *Provider) validate(p *problems, key string) {
 		}
 	}
 	pr.Limits.validate(p, key+".limits")
+	if pr.DefaultMaxTokens < 0 {
+		p.addf(key+".default_max_tokens", "must be >= 0, got %d", pr.DefaultMaxTokens)
+	}
 	if pr.Retry.MaxAttempts < 1 {
 		p.addf(key+".retry.max_attempts", "must be >= 1, got %d", pr.Retry.MaxAttempts)
 	}
