@@ -32,8 +32,10 @@ import (
 
 	"github.com/sluice-ai/sluice/admin"
 	"github.com/sluice-ai/sluice/config"
+	"github.com/sluice-ai/sluice/limiter"
 	"github.com/sluice-ai/sluice/metrics"
 	"github.com/sluice-ai/sluice/proxy"
+	"github.com/sluice-ai/sluice/tokens"
 )
 
 func main() {
@@ -194,17 +196,35 @@ func newLogger(cfg *config.Config, w io.Writer) (*slog.Logger, error) {
 
 // proxySettings maps the config onto the proxy's own settings.
 func proxySettings(cfg *config.Config) (proxy.Settings, error) {
+	method, err := tokens.ParseMethod(cfg.TokenEstimator)
+	if err != nil {
+		return proxy.Settings{}, fmt.Errorf("token_estimator: %w", err)
+	}
 	s := proxy.Settings{
-		DefaultClass: cfg.DefaultClass,
-		MaxBodyBytes: int(cfg.MaxBodyBytes),
+		DefaultClass:   cfg.DefaultClass,
+		MaxBodyBytes:   int(cfg.MaxBodyBytes),
+		TokenEstimator: method,
 	}
 	for _, c := range cfg.Classes {
-		s.Classes = append(s.Classes, c.Name)
+		s.Classes = append(s.Classes, proxy.Class{
+			Name:     c.Name,
+			MaxWait:  c.MaxWait,
+			MaxQueue: c.MaxQueue,
+			Weight:   c.Weight,
+			Share:    c.Share,
+		})
+	}
+	for _, r := range cfg.Routes {
+		s.Routes = append(s.Routes, proxy.Route{Path: r.Path, Class: r.Class})
 	}
 	for _, p := range cfg.Providers {
 		tlsConfig, err := upstreamTLS(p.TLS)
 		if err != nil {
 			return s, fmt.Errorf("providers[%s].tls: %w", p.Name, err)
+		}
+		var models []proxy.Model
+		for _, m := range p.Models {
+			models = append(models, proxy.Model{Name: m.Name, Limits: limits(m.Limits), DefaultMaxTokens: int64(m.DefaultMaxTokens)})
 		}
 		s.Providers = append(s.Providers, proxy.Provider{
 			Name:                  p.Name,
@@ -218,9 +238,22 @@ func proxySettings(cfg *config.Config) (proxy.Settings, error) {
 			Timeout:               p.Timeout,
 			MaxConns:              p.MaxConns,
 			TLSConfig:             tlsConfig,
+			Limits:                limits(p.Limits),
+			Models:                models,
+			DefaultMaxTokens:      int64(p.DefaultMaxTokens),
 		})
 	}
 	return s, nil
+}
+
+func limits(l config.Limits) limiter.Limits {
+	return limiter.Limits{
+		RequestsPerMinute: float64(l.RequestsPerMinute),
+		TokensPerMinute:   float64(l.TokensPerMinute),
+		MaxConcurrency:    int64(l.MaxConcurrency),
+		RequestBurst:      l.RequestBurst,
+		TokenBurst:        l.TokenBurst,
+	}
 }
 
 func upstreamTLS(t config.ProviderTLS) (*tls.Config, error) {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -342,5 +343,68 @@ func TestOpenAISDK(t *testing.T) {
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Code != "invalid_priority" {
 		t.Errorf("bad priority: err = %v, want a 400 invalid_priority API error", err)
+	}
+}
+
+// TestOpenAISDKThroughQuota drives a saturated quota with the real SDK:
+// every call waits its turn and succeeds, the waits show in
+// X-Sluice-Queue-Wait-Ms, and a stream whose client did not ask for usage
+// reaches the SDK without the usage chunk Sluice asked for.
+func TestOpenAISDKThroughQuota(t *testing.T) {
+	up := upstreamtest.New(t, upstreamtest.Options{Chunks: 3, Record: true})
+	cfg := testConfig(up.URL) + `
+    limits: {requests_per_minute: 600, request_burst: 200ms, tokens_per_minute: 1000000}
+`
+	s := mustRun(t, cfg)
+	client := openai.NewClient(option.WithBaseURL(s.URL+"/v1/"), option.WithAPIKey("k"), option.WithMaxRetries(0))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// 600 RPM with a 200ms burst: two at once, then one every 100ms.
+	const n = 8
+	waits := make(chan int, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			var resp *http.Response
+			_, err := client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+				Model:    openai.ChatModelGPT4oMini,
+				Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
+			}, option.WithResponseInto(&resp))
+			if err == nil {
+				ms, _ := strconv.Atoi(resp.Header.Get("X-Sluice-Queue-Wait-Ms"))
+				waits <- ms
+			}
+			errs <- err
+		}()
+	}
+	longest := 0
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("chat through a saturated quota: %v", err)
+		}
+		longest = max(longest, <-waits)
+	}
+	if longest < 300 {
+		t.Errorf("longest queue wait %dms, want at least 300ms: eight calls at 10/s with a burst of two must queue", longest)
+	}
+
+	stream := client.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
+		Model:    openai.ChatModelGPT4oMini,
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
+	})
+	chunks := 0
+	for stream.Next() {
+		if c := stream.Current(); len(c.Choices) == 0 || c.Usage.TotalTokens != 0 {
+			t.Errorf("chunk %d carries usage or no choices: the client did not ask for usage", chunks)
+		}
+		chunks++
+	}
+	if err := stream.Err(); err != nil || chunks != 4 {
+		t.Errorf("stream: %d chunks, %v; want the 3 content chunks and the finish chunk", chunks, err)
+	}
+	reqs := up.Requests()
+	if last := reqs[len(reqs)-1]; !strings.Contains(string(last.Body), `"include_usage":true`) {
+		t.Errorf("upstream stream request %s: want include_usage forced on", last.Body)
 	}
 }

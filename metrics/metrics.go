@@ -26,12 +26,25 @@ const (
 // generation (minutes).
 var durationBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}
 
+// waitBuckets span no wait at all (the quota is not binding) to the longest
+// class max wait (an hour for batch work).
+var waitBuckets = []float64{.001, .005, .025, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600}
+
+// Token kinds of sluice_tokens_total.
+const (
+	TokensEstimated  = "estimated"  // charged against the quota before sending
+	TokensPrompt     = "prompt"     // reported by the upstream's usage
+	TokensCompletion = "completion" // reported by the upstream's usage, or counted from a cut stream
+)
+
 // Metrics holds Sluice's collectors. It is safe for concurrent use.
 type Metrics struct {
 	requests         *prometheus.CounterVec
 	requestDuration  *prometheus.HistogramVec
 	upstreamRequests *prometheus.CounterVec
 	upstreamDuration *prometheus.HistogramVec
+	queueWait        *prometheus.HistogramVec
+	tokens           *prometheus.CounterVec
 	reg              prometheus.Registerer
 }
 
@@ -57,24 +70,49 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from sending an attempt upstream to receiving its response headers.",
 			Buckets: durationBuckets,
 		}, []string{"provider"}),
+		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "sluice_queue_wait_seconds",
+			Help:    "Time requests waited in Sluice's queue for their quota, by provider and priority class (refused requests included).",
+			Buckets: waitBuckets,
+		}, []string{"provider", "class"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_tokens_total",
+			Help: "Tokens by provider and kind: estimated before sending (charged to the quota), and prompt and completion as the upstream reported them.",
+		}, []string{"provider", "kind"}),
 		reg: reg,
 	}
-	reg.MustRegister(m.requests, m.requestDuration, m.upstreamRequests, m.upstreamDuration)
+	reg.MustRegister(m.requests, m.requestDuration, m.upstreamRequests, m.upstreamDuration, m.queueWait, m.tokens)
 	return m
 }
 
 // Provider returns the pre-resolved collectors of one provider. classes are
 // the priority class names in the order the caller will index them;
 // inflight reports the requests being proxied to the provider right now
-// (streams count until their last byte) and is read at scrape time. It
-// panics if the provider was registered before.
-func (m *Metrics) Provider(name string, classes []string, inflight func() float64) *Provider {
+// (streams count until their last byte), and queued the requests of a class
+// waiting for quota; both are read at scrape time, and queued may be nil for
+// a provider without quotas. It panics if the provider was registered
+// before.
+func (m *Metrics) Provider(name string, classes []string, inflight func() float64, queued func(class int) float64) *Provider {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name:        "sluice_inflight_requests",
 		Help:        "Requests currently being proxied upstream (streams count until their last byte).",
 		ConstLabels: prometheus.Labels{"provider": name},
 	}, inflight))
+	for i, c := range classes {
+		depth := func() float64 { return 0 }
+		if queued != nil {
+			depth = func() float64 { return queued(i) }
+		}
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "sluice_queue_depth",
+			Help:        "Requests waiting in Sluice's queue for their quota, by provider and priority class.",
+			ConstLabels: prometheus.Labels{"provider": name, "class": c},
+		}, depth))
+	}
 	p := &Provider{
+		tokensEstimated:  m.tokens.WithLabelValues(name, TokensEstimated),
+		tokensPrompt:     m.tokens.WithLabelValues(name, TokensPrompt),
+		tokensCompletion: m.tokens.WithLabelValues(name, TokensCompletion),
 		upstreamDuration: m.upstreamDuration.WithLabelValues(name),
 		upstream:         newCodeCounters(m.upstreamRequests, name),
 		upstreamError:    m.upstreamRequests.WithLabelValues(name, CodeError),
@@ -83,8 +121,9 @@ func (m *Metrics) Provider(name string, classes []string, inflight func() float6
 	}
 	for i, c := range classes {
 		p.classes[i] = classMetrics{
-			duration: m.requestDuration.WithLabelValues(name, c),
-			requests: newCodeCounters(m.requests, name, c),
+			duration:  m.requestDuration.WithLabelValues(name, c),
+			queueWait: m.queueWait.WithLabelValues(name, c),
+			requests:  newCodeCounters(m.requests, name, c),
 		}
 	}
 	return p
@@ -98,12 +137,39 @@ type Provider struct {
 	upstream         *codeCounters
 	upstreamError    prometheus.Counter
 	upstreamTimeout  prometheus.Counter
+	tokensEstimated  prometheus.Counter
+	tokensPrompt     prometheus.Counter
+	tokensCompletion prometheus.Counter
 	classes          []classMetrics
 }
 
 type classMetrics struct {
-	duration prometheus.Observer
-	requests *codeCounters
+	duration  prometheus.Observer
+	queueWait prometheus.Observer
+	requests  *codeCounters
+}
+
+// QueueWait records how long a request of a class waited for its quota.
+func (p *Provider) QueueWait(class int, d time.Duration) {
+	p.classes[class].queueWait.Observe(d.Seconds())
+}
+
+// Estimated counts tokens charged to the quota before sending.
+func (p *Provider) Estimated(tokens int64) {
+	if tokens > 0 {
+		p.tokensEstimated.Add(float64(tokens))
+	}
+}
+
+// Used counts the tokens the upstream reported (or, for a cut stream, what
+// was counted of it).
+func (p *Provider) Used(prompt, completion int64) {
+	if prompt > 0 {
+		p.tokensPrompt.Add(float64(prompt))
+	}
+	if completion > 0 {
+		p.tokensCompletion.Add(float64(completion))
+	}
 }
 
 // Request records one answered request: the status sent to the client and

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strconv"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
@@ -55,6 +57,50 @@ var (
 	errDraining = newAPIError(fasthttp.StatusServiceUnavailable, "server_error", "shutting_down",
 		"this gateway is shutting down; retry on another replica").withRetryAfter("1")
 )
+
+// Answers about quotas and request bodies.
+var (
+	errMaxWait = newAPIError(fasthttp.StatusBadRequest, "invalid_request_error", "invalid_max_wait",
+		"X-Sluice-Max-Wait must be a non-negative duration with a unit, such as 250ms, 30s or 2m")
+	// retryErrors are indexed by classify.
+	retryErrors = [...]*apiError{
+		newAPIError(fasthttp.StatusTooManyRequests, "rate_limit_error", "queue_full",
+			"this priority class's queue is full; retry after the time in Retry-After"),
+		newAPIError(fasthttp.StatusTooManyRequests, "rate_limit_error", "queue_wait_exceeded",
+			"the quota cannot admit this request within its maximum wait (the class's max_wait or X-Sluice-Max-Wait); retry after the time in Retry-After"),
+		newAPIError(fasthttp.StatusTooManyRequests, "rate_limit_error", "queue_timeout",
+			"the request waited in the queue for its maximum wait without getting its quota"),
+	}
+)
+
+// statusClientClosed is recorded for requests whose client left while they
+// waited (nginx's convention); nothing is sent.
+const statusClientClosed = 499
+
+// invalidBody answers a body that must be read to count its tokens but
+// cannot be.
+func invalidBody(err error) *apiError {
+	return newAPIError(fasthttp.StatusBadRequest, "invalid_request_error", "invalid_json",
+		"the request body must be a JSON object so that its tokens can be counted: "+err.Error())
+}
+
+// tooLarge answers a request that no quota of its provider could ever
+// admit.
+func tooLarge(tokens int64) *apiError {
+	return newAPIError(fasthttp.StatusRequestEntityTooLarge, "invalid_request_error", "exceeds_token_quota",
+		"the request's estimated "+strconv.FormatInt(tokens, 10)+" tokens (prompt plus max_tokens) exceed what the "+
+			"provider's tokens_per_minute quota admits at once (its token_burst, scaled by the class's share); "+
+			"lower max_tokens or split the input")
+}
+
+// writeRetryError renders e with a Retry-After of after, rounded up to
+// whole seconds and at least 1.
+func writeRetryError(ctx *fasthttp.RequestCtx, e *apiError, after time.Duration) {
+	writeError(ctx, e)
+	secs := int64((after + time.Second - 1) / time.Second)
+	var buf [20]byte
+	ctx.Response.Header.SetBytesV(fasthttp.HeaderRetryAfter, strconv.AppendInt(buf[:0], max(1, secs), 10))
+}
 
 // writeError is the one place that renders Sluice's own errors.
 func writeError(ctx *fasthttp.RequestCtx, e *apiError) {

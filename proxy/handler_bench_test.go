@@ -5,11 +5,13 @@ import (
 	"log/slog"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/internal/upstreamtest"
+	"github.com/sluice-ai/sluice/limiter"
 	"github.com/sluice-ai/sluice/metrics"
 )
 
@@ -24,14 +26,21 @@ type handlerRig struct {
 	resp   fasthttp.Response
 }
 
-func newHandlerRig(tb testing.TB) *handlerRig {
+// notBinding are quotas far above what a benchmark reaches: every request
+// is parsed, estimated, admitted and reconciled, and none waits.
+var notBinding = limiter.Limits{RequestsPerMinute: 6e8, TokensPerMinute: 1e11, MaxConcurrency: 100000,
+	RequestBurst: time.Second, TokenBurst: time.Minute}
+
+func newHandlerRig(tb testing.TB, limits limiter.Limits) *handlerRig {
 	tb.Helper()
 	up, err := upstreamtest.Start("127.0.0.1:0", upstreamtest.Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { up.Close() })
-	p, err := New(Settings{Providers: []Provider{defaultProvider(up.URL)}, Classes: []string{"critical", "default"}},
+	pc := defaultProvider(up.URL)
+	pc.Limits = limits
+	p, err := New(Settings{Providers: []Provider{pc}, Classes: classNames("critical", "default")},
 		metrics.New(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatal(err)
@@ -80,7 +89,17 @@ func (r *handlerRig) directCall(tb testing.TB) {
 }
 
 func BenchmarkHandler(b *testing.B) {
-	r := newHandlerRig(b)
+	r := newHandlerRig(b, limiter.Limits{})
+	b.ReportAllocs()
+	for b.Loop() {
+		r.proxied(b)
+	}
+}
+
+// BenchmarkHandlerQuota is BenchmarkHandler with every quota configured but
+// not binding.
+func BenchmarkHandlerQuota(b *testing.B) {
+	r := newHandlerRig(b, notBinding)
 	b.ReportAllocs()
 	for b.Loop() {
 		r.proxied(b)
@@ -88,7 +107,7 @@ func BenchmarkHandler(b *testing.B) {
 }
 
 func BenchmarkDirect(b *testing.B) {
-	r := newHandlerRig(b)
+	r := newHandlerRig(b, limiter.Limits{})
 	b.ReportAllocs()
 	for b.Loop() {
 		r.directCall(b)

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
@@ -11,12 +13,36 @@ const (
 	HeaderRequestID = "X-Sluice-Request-Id"
 	HeaderPriority  = "X-Priority"
 	HeaderClass     = "X-Sluice-Priority"
+	HeaderMaxWait   = "X-Sluice-Max-Wait"
+	HeaderQueueWait = "X-Sluice-Queue-Wait-Ms"
 )
 
 var (
 	sluicePrefix = []byte("x-sluice-")
 	hdrPriority  = []byte(HeaderPriority)
+	hdrMaxWait   = []byte(HeaderMaxWait)
+	zeroMillis   = []byte("0")
 )
+
+// maxMaxWait bounds X-Sluice-Max-Wait; a class's max_wait caps it anyway.
+const maxMaxWait = 24 * time.Hour
+
+// parseMaxWait reads an X-Sluice-Max-Wait value: a Go duration with a unit
+// ("250ms", "30s", "2m"), not negative. Larger values than any class allows
+// are accepted: the class's max_wait caps them.
+func parseMaxWait(v []byte) (time.Duration, error) {
+	if len(v) > 32 {
+		return 0, errors.New("too long")
+	}
+	d, err := time.ParseDuration(string(v))
+	if err != nil {
+		return 0, err
+	}
+	if d < 0 {
+		return 0, errors.New("negative")
+	}
+	return min(d, maxMaxWait), nil
+}
 
 // isHopByHop reports whether key is a hop-by-hop header (RFC 9110 section 7.6.1,
 // plus the de-facto Proxy-Connection and Keep-Alive) that a proxy must not

@@ -18,12 +18,16 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-ai/sluice/limiter"
 	"github.com/sluice-ai/sluice/metrics"
+	"github.com/sluice-ai/sluice/scheduler"
+	"github.com/sluice-ai/sluice/tokens"
 )
 
 // Provider configures one upstream.
@@ -57,18 +61,66 @@ type Provider struct {
 	MaxConns int
 	// TLSConfig is used for https upstreams; nil: system roots, TLS 1.2+.
 	TLSConfig *tls.Config
+
+	// Limits are the provider account's quotas. The zero value: none, and
+	// requests to the provider are never queued (unless a model has limits).
+	Limits limiter.Limits
+	// Models have quotas of their own, held in addition to Limits; the
+	// model is read from the request body.
+	Models []Model
+	// DefaultMaxTokens is the completion size charged up front for a
+	// request that sets no max_tokens (nor max_completion_tokens) and whose
+	// model has no default of its own. Zero: none.
+	DefaultMaxTokens int64
+}
+
+// Model is one model's quota within a provider.
+type Model struct {
+	Name             string
+	Limits           limiter.Limits
+	DefaultMaxTokens int64 // zero: the provider's
+}
+
+// Class is a priority class.
+type Class struct {
+	// Name is the X-Priority value that selects the class.
+	Name string
+	// MaxWait bounds the time a request of this class waits for its quota;
+	// X-Sluice-Max-Wait may only shorten it. Zero: one minute.
+	MaxWait time.Duration
+	// MaxQueue caps the requests of this class waiting per quota scope.
+	// Zero: 1000.
+	MaxQueue int
+	// Weight is the class's share of dispatches while several classes
+	// wait. Zero: 1.
+	Weight int
+	// Share caps the class's use of every quota to this fraction of it,
+	// keeping headroom for the others. Zero: 1, the whole quota.
+	Share float64
+}
+
+// Route gives requests to a path (after any provider prefix) a default
+// class, used when they carry no X-Priority.
+type Route struct {
+	Path  string // whole path segments: /v1/embeddings also covers /v1/embeddings/x
+	Class string
 }
 
 // Settings configures a [Proxy].
 type Settings struct {
 	// Providers lists the upstreams; at least one.
 	Providers []Provider
-	// Classes names the priority classes, highest first; X-Priority must
+	// Classes are the priority classes, highest first; X-Priority must
 	// name one of them. Empty: the single class "default".
-	Classes []string
-	// DefaultClass is the class of requests without X-Priority. Empty: the
-	// class named "default" if there is one, else the last class.
+	Classes []Class
+	// DefaultClass is the class of requests without X-Priority and without
+	// a route. Empty: the class named "default" if there is one, else the
+	// last class.
 	DefaultClass string
+	// Routes give paths their own default class.
+	Routes []Route
+	// TokenEstimator is how prompt tokens are estimated. Zero: bytes.
+	TokenEstimator tokens.Method
 	// MaxBodyBytes caps the request body; larger requests get 413. Zero: 32 MiB.
 	MaxBodyBytes int
 }
@@ -83,9 +135,21 @@ type Proxy struct {
 	def       *upstream     // serves /v1; may be nil
 	prefixed  []prefixRoute // longest prefix first
 
-	classes      [][]byte
+	classes      []Class
+	classNames   [][]byte
 	defaultClass int
+	routes       []classRoute // longest path first
 	errPriority  *apiError
+
+	lim       *limiter.Local
+	estimator *tokens.Estimator
+	exchanges sync.Pool // *exchange
+
+	dispatchers struct {
+		once   sync.Once
+		cancel context.CancelFunc
+		wg     sync.WaitGroup
+	}
 
 	draining atomic.Bool
 }
@@ -95,45 +159,84 @@ type prefixRoute struct {
 	up     *upstream
 }
 
+type classRoute struct {
+	path  []byte
+	class int
+}
+
 // New builds a proxy from s. Metrics are recorded on m.
 func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 	if len(s.Providers) == 0 {
 		return nil, errors.New("proxy: at least one provider is required")
 	}
-	classes := s.Classes
-	if len(classes) == 0 {
-		classes = []string{"default"}
+	classes, err := normaliseClasses(s.Classes)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(classes))
+	for i, c := range classes {
+		names[i] = c.Name
 	}
 	defaultClass := len(classes) - 1
 	want := s.DefaultClass
 	if want == "" {
 		want = "default"
 	}
-	if i := slices.Index(classes, want); i >= 0 {
+	if i := slices.Index(names, want); i >= 0 {
 		defaultClass = i
 	} else if s.DefaultClass != "" {
-		return nil, fmt.Errorf("proxy: default class %q is not among the classes %v", s.DefaultClass, classes)
+		return nil, fmt.Errorf("proxy: default class %q is not among the classes %v", s.DefaultClass, names)
 	}
 	ids, err := newIDSource()
 	if err != nil {
 		return nil, fmt.Errorf("proxy: seeding request ids: %w", err)
 	}
+	var limitedModels []string
+	for _, pc := range s.Providers {
+		for _, m := range pc.Models {
+			limitedModels = append(limitedModels, m.Name)
+		}
+	}
+	est, err := tokens.New(tokens.Settings{Method: s.TokenEstimator, Models: limitedModels})
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
 	p := &Proxy{
 		log:          log,
 		ids:          ids,
+		classes:      classes,
 		defaultClass: defaultClass,
 		errPriority: newAPIError(fasthttp.StatusBadRequest, "invalid_request_error", "invalid_priority",
-			"X-Priority must name a priority class: one of "+strings.Join(classes, ", ")),
+			"X-Priority must name a priority class: one of "+strings.Join(names, ", ")),
+		lim:       limiter.NewLocal(nil),
+		estimator: est,
 	}
-	for _, c := range classes {
-		p.classes = append(p.classes, []byte(c))
+	p.exchanges.New = func() any { return new(exchange) }
+	for _, n := range names {
+		p.classNames = append(p.classNames, []byte(n))
 	}
+	for _, r := range s.Routes {
+		i := slices.Index(names, r.Class)
+		if i < 0 {
+			return nil, fmt.Errorf("proxy: route %s: unknown class %q", r.Path, r.Class)
+		}
+		p.routes = append(p.routes, classRoute{path: []byte(strings.TrimRight(r.Path, "/")), class: i})
+	}
+	slices.SortFunc(p.routes, func(a, b classRoute) int { return len(b.path) - len(a.path) })
+
 	for _, pc := range s.Providers {
 		up, err := newUpstream(pc)
 		if err != nil {
 			return nil, fmt.Errorf("proxy: %w", err)
 		}
-		up.metrics = m.Provider(pc.Name, classes, func() float64 { return float64(up.inflight.Load()) })
+		if up.quota, err = newQuota(pc, classes, p.lim, log); err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		var queued func(int) float64
+		if up.quota != nil {
+			queued = up.quota.queued
+		}
+		up.metrics = m.Provider(pc.Name, names, func() float64 { return float64(up.inflight.Load()) }, queued)
 		p.upstreams = append(p.upstreams, up)
 		if pc.Default {
 			if p.def != nil {
@@ -171,17 +274,77 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 	return p, nil
 }
 
+func normaliseClasses(in []Class) ([]Class, error) {
+	if len(in) == 0 {
+		in = []Class{{Name: "default"}}
+	}
+	out := make([]Class, len(in))
+	for i, c := range in {
+		if c.Name == "" || c.MaxWait < 0 || c.MaxQueue < 0 || c.Weight < 0 || c.Share < 0 || c.Share > 1 {
+			return nil, fmt.Errorf("proxy: class %d (%q): needs a name, and max wait, max queue, weight >= 0 and share in [0, 1]", i, c.Name)
+		}
+		if c.MaxWait == 0 {
+			c.MaxWait = time.Minute
+		}
+		if c.MaxQueue == 0 {
+			c.MaxQueue = 1000
+		}
+		if c.Weight == 0 {
+			c.Weight = 1
+		}
+		if c.Share == 0 {
+			c.Share = 1
+		}
+		out[i] = c
+	}
+	return out, nil
+}
+
 // Serve accepts connections on ln until [Proxy.Shutdown].
 func (p *Proxy) Serve(ln net.Listener) error {
+	p.startDispatchers()
 	return p.server.Serve(ln)
 }
 
-// Shutdown stops accepting requests and waits for those in flight, streams
-// included, until ctx is done. Then it cuts the upstream connections still
-// busy, so that their handlers answer, and waits a moment for them.
+// startDispatchers runs every quota scope's dispatcher until
+// stopDispatchers.
+func (p *Proxy) startDispatchers() {
+	p.dispatchers.once.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		p.dispatchers.cancel = cancel
+		for _, up := range p.upstreams {
+			if up.quota == nil {
+				continue
+			}
+			for _, sc := range up.quota.scopes {
+				p.dispatchers.wg.Add(1)
+				go func() {
+					defer p.dispatchers.wg.Done()
+					sc.sched.Run(ctx)
+				}()
+			}
+		}
+	})
+}
+
+// stopDispatchers refuses what still waits for quota and stops the
+// dispatchers.
+func (p *Proxy) stopDispatchers() {
+	p.dispatchers.once.Do(func() {}) // never started: nothing waits
+	if p.dispatchers.cancel != nil {
+		p.dispatchers.cancel()
+	}
+	p.dispatchers.wg.Wait()
+}
+
+// Shutdown stops accepting requests and waits for those queued and in
+// flight, streams included, until ctx is done. Then it refuses the requests
+// still queued, cuts the upstream connections still busy, so that their
+// handlers answer, and waits a moment for them.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.draining.Store(true)
 	err := p.server.ShutdownWithContext(ctx)
+	p.stopDispatchers()
 	for _, up := range p.upstreams {
 		up.close()
 	}
@@ -196,7 +359,8 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	return fmt.Errorf("proxy: grace period over with requests in flight: %w", err)
 }
 
-// serve is the fasthttp handler: route, forward, relay.
+// serve is the fasthttp handler: route, classify, wait for quota, forward,
+// relay.
 func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	var idBuf [32]byte
@@ -211,14 +375,24 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, errNoRoute)
 		return
 	}
-	class, ok := p.class(ctx.Request.Header.PeekBytes(hdrPriority))
+	class, ok := p.class(ctx.Request.Header.PeekBytes(hdrPriority), path)
 	if !ok {
 		writeError(ctx, p.errPriority)
 		up.metrics.Request(p.defaultClass, fasthttp.StatusBadRequest, time.Since(start))
 		return
 	}
-	ctx.Response.Header.SetBytesV(HeaderClass, p.classes[class])
-	p.forward(ctx, up, path, start)
+	ctx.Response.Header.SetBytesV(HeaderClass, p.classNames[class])
+
+	x := p.exchanges.Get().(*exchange)
+	x.reset(p, up, class)
+	if up.quota != nil && !p.admit(ctx, x, path, start) {
+		x.release()
+	} else {
+		if up.quota == nil {
+			ctx.Response.Header.SetBytesV(HeaderQueueWait, zeroMillis)
+		}
+		p.forward(ctx, x, path)
+	}
 	up.metrics.Request(class, ctx.Response.StatusCode(), time.Since(start))
 }
 
@@ -242,12 +416,18 @@ func hasPathPrefix(path, prefix []byte) bool {
 		(len(path) == len(prefix) || path[len(prefix)] == '/')
 }
 
-// class resolves an X-Priority value.
-func (p *Proxy) class(v []byte) (int, bool) {
+// class resolves an X-Priority value; without one, the route's default
+// class for path applies.
+func (p *Proxy) class(v, path []byte) (int, bool) {
 	if len(v) == 0 {
+		for _, r := range p.routes {
+			if hasPathPrefix(path, r.path) {
+				return r.class, true
+			}
+		}
 		return p.defaultClass, true
 	}
-	for i, c := range p.classes {
+	for i, c := range p.classNames {
 		if string(c) == string(v) {
 			return i, true
 		}
@@ -255,16 +435,22 @@ func (p *Proxy) class(v []byte) (int, bool) {
 	return 0, false
 }
 
-// forward sends the request upstream and sets up the response relay.
-func (p *Proxy) forward(ctx *fasthttp.RequestCtx, up *upstream, path []byte, start time.Time) {
+// forward sends the request upstream and sets up the response relay. It
+// owns x from here on: the relay or forward itself finishes it.
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, path []byte) {
+	up := x.up
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
-	up.prepare(req, ctx, path)
+	up.prepare(req, ctx, path, x.body)
 
 	up.inflight.Add(1)
-	resp.StreamBody = wantsStream(ctx)
+	if x.parsed {
+		resp.StreamBody = x.est.Stream || !ctx.IsPost()
+	} else {
+		resp.StreamBody = wantsStream(ctx)
+	}
 	sent := time.Now()
-	err := up.roundTrip(req, resp, start)
+	err := up.roundTrip(req, resp, sent)
 	fasthttp.ReleaseRequest(req)
 	if err != nil {
 		up.inflight.Add(-1)
@@ -275,6 +461,7 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, up *upstream, path []byte, sta
 			apiErr = errDraining
 		}
 		writeError(ctx, apiErr)
+		x.finish(0, tokens.Usage{}, false, 0)
 		p.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream request failed",
 			slog.String("provider", up.name), slog.String("error", err.Error()))
 		return
@@ -286,16 +473,23 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, up *upstream, path []byte, sta
 	copyResponseHeaders(&ctx.Response.Header, &resp.Header)
 	if resp.BodyStream() == nil {
 		// Read whole (or no body at all): nothing outlives the handler.
-		ctx.Response.SetBody(resp.Body())
+		body := resp.Body()
+		ctx.Response.SetBody(body)
+		if x.track {
+			u, ok := tokens.ResponseUsage(body)
+			x.finish(status, u, ok, 0)
+		} else {
+			x.finish(status, tokens.Usage{}, false, 0)
+		}
 		up.inflight.Add(-1)
 		fasthttp.ReleaseResponse(resp)
 		return
 	}
 	size := resp.Header.ContentLength()
-	if size < 0 {
-		size = -1 // chunked or until close: relay chunk by chunk
+	if size < 0 || x.strip {
+		size = -1 // chunked, until close, or shortened: relay chunk by chunk
 	}
-	ctx.Response.SetBodyStream(newRelay(up, resp, start), size)
+	ctx.Response.SetBodyStream(newRelay(x, resp, sent), size)
 }
 
 // fasthttpLogger routes fasthttp's own messages into slog at debug level:
@@ -311,22 +505,74 @@ func (l fasthttpLogger) Printf(format string, args ...any) {
 
 // ProviderStatus is a provider's row in the admin status.
 type ProviderStatus struct {
-	Name     string `json:"name"`
-	Upstream string `json:"upstream"`
-	Default  bool   `json:"default"`
-	Inflight int64  `json:"inflight"`
+	Name     string        `json:"name"`
+	Upstream string        `json:"upstream"`
+	Default  bool          `json:"default"`
+	Inflight int64         `json:"inflight"`
+	Scopes   []ScopeStatus `json:"scopes,omitempty"`
+}
+
+// ScopeStatus is a quota scope's state: its queues by class and its
+// buckets' limits and current headroom.
+type ScopeStatus struct {
+	Name    string                  `json:"name"`
+	Classes []scheduler.ClassStatus `json:"classes"`
+	Buckets []BucketStatus          `json:"buckets"`
+}
+
+// BucketStatus is one bucket's limits and what it could admit right now.
+type BucketStatus struct {
+	Key               string  `json:"key"`
+	RequestsPerMinute float64 `json:"requests_per_minute,omitempty"`
+	TokensPerMinute   float64 `json:"tokens_per_minute,omitempty"`
+	MaxConcurrency    int64   `json:"max_concurrency,omitempty"`
+	// RequestsAvailable and TokensAvailable are what could go out at once
+	// now, out of RequestCapacity and TokenCapacity (the bursts).
+	RequestsAvailable float64 `json:"requests_available,omitempty"`
+	RequestCapacity   float64 `json:"request_capacity,omitempty"`
+	TokensAvailable   float64 `json:"tokens_available,omitempty"`
+	TokenCapacity     float64 `json:"token_capacity,omitempty"`
+	Inflight          int64   `json:"inflight"`
 }
 
 // Status reports every provider's current state.
 func (p *Proxy) Status() []ProviderStatus {
 	out := make([]ProviderStatus, 0, len(p.upstreams))
 	for _, up := range p.upstreams {
-		out = append(out, ProviderStatus{
+		ps := ProviderStatus{
 			Name:     up.name,
 			Upstream: string(up.scheme) + "://" + string(up.host) + string(up.basePath),
 			Default:  up == p.def,
 			Inflight: up.inflight.Load(),
-		})
+		}
+		if up.quota != nil {
+			for _, sc := range up.quota.scopes {
+				ss := ScopeStatus{Name: sc.name, Classes: sc.sched.Status()}
+				for _, b := range sc.buckets {
+					ss.Buckets = append(ss.Buckets, bucketStatus(p.lim, b))
+				}
+				ps.Scopes = append(ps.Scopes, ss)
+			}
+		}
+		out = append(out, ps)
 	}
 	return out
+}
+
+func bucketStatus(lim *limiter.Local, b *limiter.Bucket) BucketStatus {
+	l, u := b.Limits(), lim.Usage(b)
+	bs := BucketStatus{
+		Key:               b.Key(),
+		RequestsPerMinute: l.RequestsPerMinute,
+		TokensPerMinute:   l.TokensPerMinute,
+		MaxConcurrency:    l.MaxConcurrency,
+		Inflight:          u.Inflight,
+	}
+	if l.RequestsPerMinute > 0 {
+		bs.RequestsAvailable, bs.RequestCapacity = u.Requests, u.RequestCapacity
+	}
+	if l.TokensPerMinute > 0 {
+		bs.TokensAvailable, bs.TokenCapacity = u.Tokens, u.TokenCapacity
+	}
+	return bs
 }

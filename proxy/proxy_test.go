@@ -122,7 +122,7 @@ const chatBody = `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"h
 
 func TestPassThrough(t *testing.T) {
 	up := upstreamtest.New(t, upstreamtest.Options{})
-	px := mustStart(t, Settings{Providers: []Provider{defaultProvider(up.URL)}, Classes: []string{"critical", "default", "low"}})
+	px := mustStart(t, Settings{Providers: []Provider{defaultProvider(up.URL)}, Classes: classNames("critical", "default", "low")})
 
 	resp := post(t, client(t), px.URL+"/v1/chat/completions?trace=1&x=a%20b", chatBody, map[string]string{
 		"Authorization":     "Bearer sk-client",
@@ -309,7 +309,7 @@ func TestErrors(t *testing.T) {
 	up := upstreamtest.New(t, upstreamtest.Options{})
 	px := mustStart(t, Settings{
 		Providers:    []Provider{defaultProvider(up.URL)},
-		Classes:      []string{"critical", "default", "low"},
+		Classes:      classNames("critical", "default", "low"),
 		MaxBodyBytes: 1024,
 	})
 	c := client(t)
@@ -519,7 +519,7 @@ func TestTLSUpstream(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	up := upstreamtest.New(t, upstreamtest.Options{})
-	px := mustStart(t, Settings{Providers: []Provider{defaultProvider(up.URL)}, Classes: []string{"critical", "default"}})
+	px := mustStart(t, Settings{Providers: []Provider{defaultProvider(up.URL)}, Classes: classNames("critical", "default")})
 	c := client(t)
 	readAll(t, post(t, c, px.URL+"/v1/chat/completions", chatBody, map[string]string{"X-Priority": "critical"}))
 	readAll(t, post(t, c, px.URL+"/v1/chat/completions", chatBody, nil))
@@ -670,4 +670,13 @@ func ExampleNew() {
 	}}}, metrics.New(reg), slog.New(slog.DiscardHandler))
 	fmt.Println(err == nil, p.Status()[0].Upstream)
 	// Output: true https://api.openai.com
+}
+
+// classNames makes classes with generous bounds and equal weights.
+func classNames(names ...string) []Class {
+	out := make([]Class, len(names))
+	for i, n := range names {
+		out[i] = Class{Name: n, MaxWait: time.Minute, MaxQueue: 1000}
+	}
+	return out
 }

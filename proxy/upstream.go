@@ -30,6 +30,7 @@ type upstream struct {
 
 	metrics  *metrics.Provider
 	inflight atomic.Int64 // requests sent and not yet fully relayed
+	quota    *quota       // nil: no limits, nothing is queued
 }
 
 func newUpstream(p Provider) (*upstream, error) {
@@ -113,8 +114,9 @@ func newUpstream(p Provider) (*upstream, error) {
 }
 
 // prepare fills req with the upstream request for the client's request.
-// path is the client's normalised path with any provider prefix removed.
-func (u *upstream) prepare(req *fasthttp.Request, ctx *fasthttp.RequestCtx, path []byte) {
+// path is the client's normalised path with any provider prefix removed;
+// body, when not nil, replaces the client's body.
+func (u *upstream) prepare(req *fasthttp.Request, ctx *fasthttp.RequestCtx, path, body []byte) {
 	copyRequestHeaders(&req.Header, &ctx.Request.Header, u.authValue != nil)
 	if u.authValue != nil {
 		req.Header.SetBytesV(fasthttp.HeaderAuthorization, u.authValue)
@@ -131,9 +133,12 @@ func (u *upstream) prepare(req *fasthttp.Request, ctx *fasthttp.RequestCtx, path
 	uri.SetPathBytes(buf)
 	uri.SetQueryStringBytes(ctx.URI().QueryString())
 	req.Header.SetHostBytes(u.host)
-	// The body stays owned by ctx; req is sent and released before the
-	// handler returns.
-	req.SetBodyRaw(ctx.PostBody())
+	// The body stays owned by ctx (or the exchange); req is sent and
+	// released before the handler returns.
+	if body == nil {
+		body = ctx.PostBody()
+	}
+	req.SetBodyRaw(body)
 }
 
 // maxBufferedResponse caps a response read whole: far above any completion
@@ -151,7 +156,8 @@ func wantsStream(ctx *fasthttp.RequestCtx) bool {
 }
 
 // roundTrip sends req and waits for the response headers, within the
-// header timeout and what is left of the total timeout from start.
+// header timeout and what is left of the total timeout from start (when
+// the attempt began, after any wait for quota).
 func (u *upstream) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, start time.Time) error {
 	timeout := u.headerTimeout
 	if left := u.totalTimeout - time.Since(start); left < timeout {
