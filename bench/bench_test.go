@@ -3,8 +3,10 @@
 package main
 
 import (
+	"encoding/json"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -192,5 +194,125 @@ func TestReportTargets(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+func TestParseVmRSS(t *testing.T) {
+	const status = "Name:\tsluice\nUmask:\t0022\nState:\tS (sleeping)\nVmPeak:\t 1266104 kB\nVmRSS:\t   23456 kB\nRssAnon:\t   12000 kB\nThreads:\t8\n"
+	if got, err := parseVmRSS([]byte(status)); err != nil || got != 23456<<10 {
+		t.Errorf("parseVmRSS(%q) = %d, %v, want %d", status, got, err, 23456<<10)
+	}
+	for _, bad := range []string{"", "Name:\tx\n", "VmRSS:\t12 MB\n", "VmRSS:\tlots kB\n", "VmRSSx:\t12 kB\n"} {
+		if got, err := parseVmRSS([]byte(bad)); err == nil {
+			t.Errorf("parseVmRSS(%q) = %d, nil error, want one", bad, got)
+		}
+	}
+	if v, ok := statusField([]byte(status), "State"); !ok || v != "S (sleeping)" {
+		t.Errorf("statusField(State) = %q, %v, want %q, true", v, ok, "S (sleeping)")
+	}
+}
+
+func TestParseOpenFilesLimit(t *testing.T) {
+	const head = "Limit                     Soft Limit           Hard Limit           Units     \n" +
+		"Max cpu time              unlimited            unlimited            seconds   \n"
+	tests := []struct {
+		name string
+		in   string
+		want int64
+	}{
+		{"number", head + "Max open files            20000                20000                files     \n", 20000},
+		{"unlimited", head + "Max open files            unlimited            unlimited            files     \n", -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got, err := parseOpenFilesLimit([]byte(tt.in)); err != nil || got != tt.want {
+				t.Errorf("parseOpenFilesLimit(%q) = %d, %v, want %d", tt.in, got, err, tt.want)
+			}
+		})
+	}
+	for _, bad := range []string{head, head + "Max open files            many                 20000                files\n"} {
+		if got, err := parseOpenFilesLimit([]byte(bad)); err == nil {
+			t.Errorf("parseOpenFilesLimit(%q) = %d, nil error, want one", bad, got)
+		}
+	}
+	if _, err := readOpenFilesLimit(os.Getpid()); err != nil {
+		t.Errorf("readOpenFilesLimit(self) = %v", err)
+	}
+}
+
+func TestQueuedTotal(t *testing.T) {
+	// The shape of Sluice's /admin/status: providers, their quota scopes,
+	// and each scope's classes.
+	const status = `{"providers":[
+		{"name":"openai","upstream":"http://127.0.0.1:1","default":true,"inflight":0,"scopes":[
+			{"name":"openai","classes":[{"name":"high","queued":3,"inflight":0},{"name":"default","queued":9997,"inflight":0}],
+			 "buckets":[{"key":"openai","requests_per_minute":1,"inflight":0}]},
+			{"name":"openai/gpt-4o","classes":[{"name":"default","queued":5,"inflight":1}],"buckets":[]}]},
+		{"name":"anthropic","upstream":"https://api.anthropic.com","default":false,"inflight":0}]}`
+	if got, err := queuedTotal([]byte(status)); err != nil || got != 10005 {
+		t.Errorf("queuedTotal = %d, %v, want 10005", got, err)
+	}
+	for _, bad := range []string{"", "{", `{"other":1}`, `{"providers":[{"scopes":[{"classes":[{"queued":"many"}]}]}]}`} {
+		if got, err := queuedTotal([]byte(bad)); err == nil {
+			t.Errorf("queuedTotal(%q) = %d, nil error, want one", bad, got)
+		}
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	const text = "# HELP go_goroutines Number of goroutines that currently exist.\n" +
+		"# TYPE go_goroutines gauge\n" +
+		"go_goroutines 10012\n" +
+		"go_memstats_heap_inuse_bytes 1.2345e+08\n" +
+		"go_gc_duration_seconds{quantile=\"0.5\"} 0.0001\n" +
+		"go_memstats_stack_inuse_bytes_total 7\n"
+	got := parseMetrics([]byte(text), metricGoroutines, metricHeapInuse, metricStackInuse)
+	want := map[string]float64{metricGoroutines: 10012, metricHeapInuse: 1.2345e+08}
+	if len(got) != len(want) || got[metricGoroutines] != want[metricGoroutines] || got[metricHeapInuse] != want[metricHeapInuse] {
+		t.Errorf("parseMetrics = %v, want %v", got, want)
+	}
+}
+
+func TestWaitingBody(t *testing.T) {
+	for _, size := range []int{minWaitingBody, 100, 4096} {
+		body := waitingBody(size)
+		if len(body) != size || !json.Valid([]byte(body)) {
+			t.Errorf("waitingBody(%d) = %d bytes, valid JSON %v: %q", size, len(body), json.Valid([]byte(body)), body)
+		}
+	}
+	if _, err := parseWaitingFlags([]string{"-body-bytes", strconv.Itoa(minWaitingBody - 1)}, io.Discard); err == nil ||
+		!strings.Contains(err.Error(), "-body-bytes") {
+		t.Errorf("parseWaitingFlags(-body-bytes %d) = %v, want an error naming -body-bytes", minWaitingBody-1, err)
+	}
+	if _, err := parseWaitingFlags([]string{"-n", "0"}, io.Discard); err == nil || !strings.Contains(err.Error(), "-n") {
+		t.Errorf("parseWaitingFlags(-n 0) = %v, want an error naming -n", err)
+	}
+}
+
+// TestWaitingReport checks the per-request figures on made-up samples:
+// 1,000 waiting requests that added 20,000 KiB of RSS.
+func TestWaitingReport(t *testing.T) {
+	rep := &waitingReport{
+		command: "go run ./bench waiting -n 1000",
+		s:       waitingSettings{n: 1000, bodyBytes: 100},
+		waiting: 1000,
+		base:    memSample{rss: 10 << 20, haveGo: true, heapInuse: 2 << 20, stackInuse: 1 << 20, goroutines: 12},
+		loaded: memSample{rss: 10<<20 + 20000<<10, haveGo: true, heapInuse: 2<<20 + 9000<<10, stackInuse: 1<<20 + 8000<<10,
+			goroutines: 1012},
+	}
+	md := rep.markdown()
+	for _, want := range []string{
+		"| RSS (VmRSS) | 10.0 MiB | 29.5 MiB | **20.0 KiB** |",
+		"| Go heap in use | 2.0 MiB | 10.8 MiB | 9.0 KiB |",
+		"| Go stacks in use | 1.0 MiB | 8.8 MiB | 8.0 KiB |",
+		"| Goroutines | 12 | 1,012 | 1.00 |",
+		"**20.0 KiB** of RSS, bodies included; its body is 100 bytes (0.1 KiB), so **19.9 KiB excluding bodies**",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "still waiting") {
+		t.Errorf("report says requests left the queue when none did:\n%s", md)
 	}
 }

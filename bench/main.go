@@ -11,6 +11,12 @@
 //
 //	go run ./bench [-rounds 3] [-out docs/benchmarks.md] [-quick] [-skip-sluice]
 //
+// A separate measurement prints its own markdown section: the memory Sluice
+// holds per request waiting in its queue (n connections, each with one
+// request that waits, against Sluice's RSS after serving one request):
+//
+//	go run ./bench waiting [-n 10000] [-body-bytes 100]
+//
 // The binary re-executes itself for its sub-processes, which the driver pins
 // to their CPUs with taskset:
 //
@@ -50,6 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runUpstream(ctx, args[1:], stderr)
 		case "load":
 			return runLoad(ctx, args[1:], stdout, stderr)
+		case "waiting":
+			return runWaiting(ctx, args[1:], stdout, stderr)
 		}
 	}
 	return runDriver(ctx, args, stdout, stderr)
