@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -12,11 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/internal/upstreamtest"
 	"github.com/sluice-ai/sluice/limiter"
+	"github.com/sluice-ai/sluice/metrics"
 )
 
 // arrivalLog is a fake-upstream handler that records when each request
@@ -586,5 +591,85 @@ func TestModelQuota(t *testing.T) {
 		if r.StatusCode != 200 {
 			t.Errorf("gpt-4o: status %d", r.StatusCode)
 		}
+	}
+}
+
+// TestCutStreamChargedWhatStreamed: a stream that ends without its usage
+// chunk is charged its prompt estimate plus one token per content event
+// relayed, not refunded to nothing.
+func TestCutStreamChargedWhatStreamed(t *testing.T) {
+	up := upstreamtest.New(t, upstreamtest.Options{Chunks: 5})
+	up.SetGate(make(chan struct{})) // first event, then silence
+	pc := limitedProvider(up, limiter.Limits{TokensPerMinute: 1e6, TokenBurst: time.Minute})
+	pc.StreamIdleTimeout = 200 * time.Millisecond
+	px := mustStart(t, Settings{Providers: []Provider{pc}, Classes: classNames("default")})
+
+	resp := post(t, client(t), px.URL+"/v1/chat/completions",
+		`{"model":"gpt-4o-mini","stream":true,"max_tokens":500,"messages":[{"role":"user","content":"hi"}]}`, nil)
+	b, err := io.ReadAll(resp.Body) // ends when the idle timeout cuts the stream
+	resp.Body.Close()
+	if body := string(b); err == nil || strings.Contains(body, "[DONE]") || !strings.Contains(body, `"content":"tok0`) {
+		t.Fatalf("stream %q (%v): want the first event only, then a cut", body, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := testutil.ToFloat64(mustCounter(t, px.reg, "sluice_tokens_total", "provider", "openai", "kind", "completion"))
+		if got == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("completion tokens = %v, want 1: the one content event relayed before the cut", got)
+		}
+		time.Sleep(time.Millisecond) // settled by fasthttp's writer after the response ended
+	}
+}
+
+// TestShutdownAnswersQueued: requests still waiting for quota when the
+// grace period ends are answered 503, not dropped.
+func TestShutdownAnswersQueued(t *testing.T) {
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	release := make(chan struct{})
+	var held atomic.Int64
+	up.Handle(func(ctx *fasthttp.RequestCtx) {
+		held.Add(1)
+		<-release
+		up.Default(ctx)
+	})
+	p, err := New(Settings{Providers: []Provider{limitedProvider(up, limiter.Limits{MaxConcurrency: 1})}, Classes: classNames("default")},
+		metrics.New(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ln) }()
+	url := "http://" + ln.Addr().String() + "/v1/chat/completions"
+	c := client(t)
+	first := make(chan *http.Response, 1)
+	go func() { first <- post(t, c, url, chatBody, nil) }()
+	waitForInflight(t, &held, 1)
+	queued := make(chan *http.Response, 1)
+	go func() { queued <- post(t, c, url, chatBody, nil) }()
+	waitForQueued(t, &testProxy{Proxy: p}, "default", 1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- p.Shutdown(ctx) }()
+	resp := <-queued
+	body := readAll(t, resp)
+	if resp.StatusCode != 503 || apiErrorCode(t, body) != "shutting_down" {
+		t.Errorf("queued request at shutdown: %d %s, want 503 shutting_down", resp.StatusCode, body)
+	}
+	close(release)
+	if r := <-first; r != nil {
+		readAll(t, r)
+	}
+	<-shutdown
+	if err := <-served; err != nil {
+		t.Errorf("Serve = %v", err)
 	}
 }
