@@ -36,9 +36,13 @@ fuzz:
 	  done; \
 	done
 
+# Go micro-benchmarks of the hot path, the load benchmark (rewrites the
+# generated part of docs/benchmarks.md), and the memory a waiting request
+# holds (printed; docs/benchmarks.md keeps the last result by hand).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./proxy/
+	$(GO) test -run '^$$' -bench . -benchmem ./proxy/ ./scheduler/ ./limiter/ ./tokens/
 	$(GO) run ./bench -rounds 3 -out docs/benchmarks.md
+	$(GO) run ./bench waiting -n 10000
 
 clean:
 	rm -f sluice
