@@ -615,3 +615,54 @@ func TestExtremes(t *testing.T) {
 		}
 	}
 }
+
+func TestPause(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	l := NewLocal(func() time.Time { return t0 })
+	b, err := l.NewBucket("p", Limits{RequestsPerMinute: 600, RequestBurst: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.PauseAt(t0, b, t0.Add(5*time.Second)) {
+		t.Fatal("PauseAt = false, want the pause set")
+	}
+	if l.PauseAt(t0, b, t0.Add(2*time.Second)) {
+		t.Error("a shorter pause shortened the current one")
+	}
+	d := l.ReserveAt(t0.Add(time.Second), []*Bucket{b}, Cost{Requests: 1}, 0)
+	if d.OK || d.Wait != 4*time.Second || d.Bucket != 0 {
+		t.Errorf("ReserveAt during the pause = %+v, want a 4s wait", d)
+	}
+	if got := l.EstimateAt(t0.Add(time.Second), []*Bucket{b}, Cost{Requests: 1}); got != 4*time.Second {
+		t.Errorf("EstimateAt during the pause = %v, want 4s", got)
+	}
+	if got := l.PausedUntil(t0, b); !got.Equal(t0.Add(5 * time.Second)) {
+		t.Errorf("PausedUntil = %v, want %v", got, t0.Add(5*time.Second))
+	}
+	if d := l.ReserveAt(t0.Add(5*time.Second), []*Bucket{b}, Cost{Requests: 1}, 0); !d.OK {
+		t.Errorf("ReserveAt when the pause ends = %+v, want OK", d)
+	}
+	if got := l.PausedUntil(t0.Add(6*time.Second), b); !got.IsZero() {
+		t.Errorf("PausedUntil after the pause = %v, want zero", got)
+	}
+}
+
+func TestClamp(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	l := NewLocal(func() time.Time { return t0 })
+	b, err := l.NewBucket("p", Limits{TokensPerMinute: 6000, TokenBurst: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.ClampAt(t0, b, -1, 1000) // the provider says 1000 tokens left of our 6000
+	if u := l.UsageAt(t0, b); u.Tokens < 999 || u.Tokens > 1000 {
+		t.Errorf("tokens available after clamp = %v, want 1000", u.Tokens)
+	}
+	l.ClampAt(t0, b, -1, 5000) // more than we believe: never moves up
+	if u := l.UsageAt(t0, b); u.Tokens > 1000 {
+		t.Errorf("tokens available after a higher report = %v, want still 1000", u.Tokens)
+	}
+	if d := l.ReserveAt(t0, []*Bucket{b}, Cost{Tokens: 2000}, 0); d.OK || d.Wait != 10*time.Second {
+		t.Errorf("2000 tokens after the clamp = %+v, want a 10s wait", d)
+	}
+}

@@ -76,6 +76,7 @@ type Bucket struct {
 	owner    *Local
 	maxConc  int64
 	inflight int64 // committed reservations not yet released; guarded by owner.mu
+	paused   int64 // nothing goes before this instant (the provider said so); guarded by owner.mu
 	dims     [dimensions]dim
 	key      string
 	lim      Limits
@@ -197,6 +198,9 @@ func (l *Local) ReserveAt(now time.Time, buckets []*Bucket, c Cost, commitWithin
 	worst, busy := -1, -1
 	for i, b := range buckets {
 		l.own(b)
+		if w := b.paused - t; w > wait {
+			wait, worst = w, i
+		}
 		for d := range b.dims {
 			m := &b.dims[d]
 			if m.interval == 0 || cost[d] == 0 {
@@ -322,6 +326,7 @@ func (l *Local) EstimateAt(now time.Time, buckets []*Bucket, c Cost) time.Durati
 	l.mu.Lock()
 	for _, b := range buckets {
 		l.own(b)
+		wait = max(wait, b.paused-t)
 		for d := range b.dims {
 			m := &b.dims[d]
 			if m.interval == 0 || cost[d] == 0 {
@@ -332,6 +337,67 @@ func (l *Local) EstimateAt(now time.Time, buckets []*Bucket, c Cost) time.Durati
 	}
 	l.mu.Unlock()
 	return time.Duration(wait)
+}
+
+// Pause is [Local.PauseAt] at the Local's current time. The context is
+// unused and the error always nil.
+func (l *Local) Pause(_ context.Context, b *Bucket, until time.Time) error {
+	l.PauseAt(l.now(), b, until)
+	return nil
+}
+
+// PauseAt stops b from admitting anything before until, as a provider's
+// 429 with Retry-After asks: every reservation that includes b waits for
+// it. A pause only ever extends; a shorter one than the current one
+// changes nothing. It returns whether the pause was extended.
+func (l *Local) PauseAt(now time.Time, b *Bucket, until time.Time) bool {
+	u := l.nanos(until)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.own(b)
+	if u <= b.paused {
+		return false
+	}
+	b.paused = u
+	return true
+}
+
+// PausedUntil returns when b's pause ends; the zero time when it is not
+// paused at now.
+func (l *Local) PausedUntil(now time.Time, b *Bucket) time.Time {
+	t := l.nanos(now)
+	l.mu.Lock()
+	p := b.paused
+	l.mu.Unlock()
+	if p <= t {
+		return time.Time{}
+	}
+	return l.origin.Add(time.Duration(p))
+}
+
+// ClampAt lowers what b could admit at once to what the provider reported
+// left (x-ratelimit-remaining-*), when that is less than b believes: other
+// consumers of the same account, or the provider's own accounting, may
+// have used more. It only ever moves the state down, never up. A negative
+// value leaves that dimension alone.
+func (l *Local) ClampAt(now time.Time, b *Bucket, remainingRequests, remainingTokens int64) {
+	t := l.nanos(now)
+	left := [dimensions]int64{remainingRequests, remainingTokens}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.own(b)
+	for d := range b.dims {
+		m := &b.dims[d]
+		if m.interval == 0 || left[d] < 0 {
+			continue
+		}
+		// Available now = (τ − (TAT − now)) / T; at most left[d] means
+		// TAT ≥ now + τ − left·T.
+		floor := t + m.tolerance - charge(left[d], m.interval)
+		if floor > m.tat {
+			m.tat = min(floor, maxTAT)
+		}
+	}
 }
 
 // Usage is [Local.UsageAt] at the Local's current time.

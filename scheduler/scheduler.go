@@ -182,6 +182,10 @@ type Ticket struct {
 	Deadline time.Time
 	// Probe, when set, is asked before a request that waited is granted.
 	Probe Prober
+	// Arrived is when the request first arrived; a retried request queues
+	// ahead of everything of its class that arrived after it, keeping its
+	// place by age. Zero: the time it is queued.
+	Arrived time.Time
 
 	prev, next *Ticket
 	state      state // guarded by the scope's mu while the ticket is queued
@@ -313,13 +317,28 @@ func (s *Scope) enqueue(t *Ticket, now time.Time) {
 		t.done = make(chan struct{}, 1)
 	}
 	t.state, t.err, t.enqueued = queued, nil, now
-	t.prev, t.next = c.tail, nil
-	if c.tail != nil {
-		c.tail.next = t
+	if t.Arrived.IsZero() {
+		t.Arrived = now
+	}
+	// Find the last ticket that arrived no later than t: almost always the
+	// tail, since only retries arrive out of order.
+	after := c.tail
+	for after != nil && after.Arrived.After(t.Arrived) {
+		after = after.prev
+	}
+	t.prev = after
+	if after != nil {
+		t.next = after.next
+		after.next = t
 	} else {
+		t.next = c.head
 		c.head = t
 	}
-	c.tail = t
+	if t.next != nil {
+		t.next.prev = t
+	} else {
+		c.tail = t
+	}
 	c.queued++
 	c.ahead.Requests += t.Cost.Requests
 	c.ahead.Tokens += t.Cost.Tokens

@@ -460,3 +460,30 @@ func BenchmarkDispatch(b *testing.B) {
 		})
 	}
 }
+
+func TestRetryKeepsItsPlaceByAge(t *testing.T) {
+	lim := limiter.NewLocal(nil)
+	slot := mustBucket(t, lim, "p", limiter.Limits{MaxConcurrency: 1})
+	f := startScope(t, lim, twoClasses(slot))
+	holder := f.acquireNow(1, one())
+
+	out := make(chan grant, 4)
+	f.wait("young", 1, one(), time.Minute, out)
+	f.waitQueued(1, 1)
+	// A retry of a request that arrived an hour ago goes ahead of it.
+	old := &Ticket{Class: 1, Cost: one(), Deadline: time.Now().Add(time.Minute), Arrived: time.Now().Add(-time.Hour)}
+	go func() {
+		_, err := f.scope.Acquire(context.Background(), old, time.Now())
+		out <- grant{id: "old", ticket: old, err: err}
+	}()
+	f.waitQueued(1, 2)
+	f.scope.Finish(context.Background(), holder, limiter.Cost{})
+	if g := <-out; g.id != "old" || g.err != nil {
+		t.Fatalf("first grant = %s (%v), want the older retry", g.id, g.err)
+	} else {
+		f.scope.Finish(context.Background(), g.ticket, limiter.Cost{})
+	}
+	if g := <-out; g.id != "young" {
+		t.Errorf("second grant = %s, want young", g.id)
+	}
+}
