@@ -48,6 +48,7 @@ const (
 	defaultMaxAttempts       = 3
 	defaultBaseDelay         = 500 * time.Millisecond
 	defaultMaxDelay          = 30 * time.Second
+	defaultMaxPause          = 2 * time.Minute
 	defaultFailureThreshold  = 5
 	defaultOpenFor           = 30 * time.Second
 	defaultHalfOpenRequests  = 1
@@ -291,6 +292,10 @@ type Retry struct {
 	BaseDelay time.Duration `yaml:"base_delay"`
 	// MaxDelay caps the backoff. Default 30s. Must be >= BaseDelay.
 	MaxDelay time.Duration `yaml:"max_delay"`
+	// MaxPause caps how long a provider's 429 (Retry-After, retry-after-ms,
+	// x-ratelimit-reset-*) may pause it, so that a hostile or broken value
+	// cannot stop traffic for days. Default 2m. Must be > 0.
+	MaxPause time.Duration `yaml:"max_pause"`
 }
 
 // Breaker configures a provider's circuit breaker.
@@ -550,6 +555,7 @@ func (p *Provider) applyDefaults() {
 	setInt(&p.Retry.MaxAttempts, defaultMaxAttempts)
 	setDuration(&p.Retry.BaseDelay, defaultBaseDelay)
 	setDuration(&p.Retry.MaxDelay, defaultMaxDelay)
+	setDuration(&p.Retry.MaxPause, defaultMaxPause)
 	setInt(&p.Breaker.FailureThreshold, defaultFailureThreshold)
 	setDuration(&p.Breaker.OpenFor, defaultOpenFor)
 	setInt(&p.Breaker.HalfOpenRequests, defaultHalfOpenRequests)

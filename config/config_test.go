@@ -147,6 +147,7 @@ func TestBadFixtures(t *testing.T) {
 		{"class-weight-negative", "classes[critical].weight: must be in [1, 1000], got -2"},
 		{"token-estimator-unknown", `token_estimator: must be bytes or tiktoken, got "chars"`},
 		{"default-max-tokens-negative", "providers[openai].default_max_tokens: must be >= 0, got -1"},
+		{"retry-max-pause-negative", "providers[openai].retry.max_pause: must be > 0, got -1s"},
 		{"api-key-trailing-newline", "providers[openai].api_key: must not contain whitespace or control characters"},
 	}
 	seen := map[string]bool{}
@@ -250,7 +251,7 @@ func TestMinimalDefaults(t *testing.T) {
 			StreamIdleTimeout:     2 * time.Minute,
 			MaxConns:              512,
 			Limits:                Limits{RequestBurst: time.Second, TokenBurst: 60 * time.Second},
-			Retry:                 Retry{MaxAttempts: 3, BaseDelay: 500 * time.Millisecond, MaxDelay: 30 * time.Second},
+			Retry:                 Retry{MaxAttempts: 3, BaseDelay: 500 * time.Millisecond, MaxDelay: 30 * time.Second, MaxPause: 2 * time.Minute},
 			Breaker:               Breaker{FailureThreshold: 5, OpenFor: 30 * time.Second, HalfOpenRequests: 1},
 		}},
 		DeadLetter: DeadLetter{Stream: "sluice:deadletters", File: "deadletters.jsonl"},

@@ -327,6 +327,7 @@ func (pr *Provider) validate(p *problems, key string) {
 		p.addf(key+".retry.max_attempts", "must be >= 1, got %d", pr.Retry.MaxAttempts)
 	}
 	positive(p, key+".retry.base_delay", pr.Retry.BaseDelay)
+	positive(p, key+".retry.max_pause", pr.Retry.MaxPause)
 	if pr.Retry.MaxDelay < pr.Retry.BaseDelay {
 		p.addf(key+".retry.max_delay", "must be >= retry.base_delay (%v), got %v", pr.Retry.BaseDelay, pr.Retry.MaxDelay)
 	}

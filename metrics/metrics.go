@@ -45,6 +45,9 @@ type Metrics struct {
 	upstreamDuration *prometheus.HistogramVec
 	queueWait        *prometheus.HistogramVec
 	tokens           *prometheus.CounterVec
+	retries          *prometheus.CounterVec
+	pauses           *prometheus.CounterVec
+	breakerState     *prometheus.GaugeVec
 	reg              prometheus.Registerer
 }
 
@@ -79,9 +82,22 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "sluice_tokens_total",
 			Help: "Tokens by provider and kind: estimated before sending (charged to the quota), and prompt and completion as the upstream reported them.",
 		}, []string{"provider", "kind"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_retries_total",
+			Help: "Upstream attempts repeated by Sluice, by provider and the reason the previous attempt failed.",
+		}, []string{"provider", "reason"}),
+		pauses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_ratelimit_pauses_total",
+			Help: "Times a provider's rate-limit answer (429, 529) paused all traffic to it.",
+		}, []string{"provider"}),
+		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_breaker_state",
+			Help: "Circuit breaker state by provider: 0 closed, 1 half-open, 2 open.",
+		}, []string{"provider"}),
 		reg: reg,
 	}
-	reg.MustRegister(m.requests, m.requestDuration, m.upstreamRequests, m.upstreamDuration, m.queueWait, m.tokens)
+	reg.MustRegister(m.requests, m.requestDuration, m.upstreamRequests, m.upstreamDuration, m.queueWait, m.tokens,
+		m.retries, m.pauses, m.breakerState)
 	return m
 }
 
@@ -110,6 +126,10 @@ func (m *Metrics) Provider(name string, classes []string, inflight func() float6
 		}, depth))
 	}
 	p := &Provider{
+		name:             name,
+		retries:          m.retries,
+		pauses:           m.pauses.WithLabelValues(name),
+		breakerState:     m.breakerState.WithLabelValues(name),
 		tokensEstimated:  m.tokens.WithLabelValues(name, TokensEstimated),
 		tokensPrompt:     m.tokens.WithLabelValues(name, TokensPrompt),
 		tokensCompletion: m.tokens.WithLabelValues(name, TokensCompletion),
@@ -133,6 +153,10 @@ func (m *Metrics) Provider(name string, classes []string, inflight func() float6
 // class list given to [Metrics.Provider]; an index out of range is a
 // programming error and panics.
 type Provider struct {
+	name             string
+	retries          *prometheus.CounterVec
+	pauses           prometheus.Counter
+	breakerState     prometheus.Gauge
 	upstreamDuration prometheus.Observer
 	upstream         *codeCounters
 	upstreamError    prometheus.Counter
@@ -148,6 +172,19 @@ type classMetrics struct {
 	queueWait prometheus.Observer
 	requests  *codeCounters
 }
+
+// Retry counts one repeated attempt; reason is a bounded label such as
+// "rate_limited", "5xx", "timeout" or "connection".
+func (p *Provider) Retry(reason string) {
+	p.retries.WithLabelValues(p.name, reason).Inc()
+}
+
+// Paused counts a rate-limit pause of the provider.
+func (p *Provider) Paused() { p.pauses.Inc() }
+
+// BreakerState sets the breaker gauge: 0 closed, 1 half-open, 2 open. It
+// only sets a gauge, so it may run under the breaker's lock.
+func (p *Provider) BreakerState(state int) { p.breakerState.Set(float64(state)) }
 
 // QueueWait records how long a request of a class waited for its quota.
 func (p *Provider) QueueWait(class int, d time.Duration) {
