@@ -207,11 +207,12 @@ func proxySettings(cfg *config.Config) (proxy.Settings, error) {
 	}
 	for _, c := range cfg.Classes {
 		s.Classes = append(s.Classes, proxy.Class{
-			Name:     c.Name,
-			MaxWait:  c.MaxWait,
-			MaxQueue: c.MaxQueue,
-			Weight:   c.Weight,
-			Share:    c.Share,
+			Name:        c.Name,
+			MaxWait:     c.MaxWait,
+			MaxQueue:    c.MaxQueue,
+			Weight:      c.Weight,
+			Share:       c.Share,
+			MaxAttempts: c.MaxAttempts,
 		})
 	}
 	for _, r := range cfg.Routes {
@@ -241,6 +242,17 @@ func proxySettings(cfg *config.Config) (proxy.Settings, error) {
 			Limits:                limits(p.Limits),
 			Models:                models,
 			DefaultMaxTokens:      int64(p.DefaultMaxTokens),
+			Retry: proxy.Retry{
+				MaxAttempts: p.Retry.MaxAttempts,
+				BaseDelay:   p.Retry.BaseDelay,
+				MaxDelay:    p.Retry.MaxDelay,
+				MaxPause:    p.Retry.MaxPause,
+			},
+			Breaker: proxy.Breaker{
+				FailureThreshold: p.Breaker.FailureThreshold,
+				OpenFor:          p.Breaker.OpenFor,
+				HalfOpenRequests: p.Breaker.HalfOpenRequests,
+			},
 		})
 	}
 	return s, nil

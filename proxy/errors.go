@@ -73,6 +73,9 @@ var (
 	}
 )
 
+var errBreakerOpen = newAPIError(fasthttp.StatusServiceUnavailable, "server_error", "breaker_open",
+	"the upstream provider has been failing; Sluice stopped sending it requests for a while (circuit breaker open); retry after the time in Retry-After")
+
 // statusClientClosed is recorded for requests whose client left while they
 // waited (nginx's convention); nothing is sent.
 const statusClientClosed = 499

@@ -21,7 +21,6 @@ var (
 	sluicePrefix = []byte("x-sluice-")
 	hdrPriority  = []byte(HeaderPriority)
 	hdrMaxWait   = []byte(HeaderMaxWait)
-	zeroMillis   = []byte("0")
 )
 
 // maxMaxWait bounds X-Sluice-Max-Wait; a class's max_wait caps it anyway.

@@ -72,6 +72,38 @@ type Provider struct {
 	// request that sets no max_tokens (nor max_completion_tokens) and whose
 	// model has no default of its own. Zero: none.
 	DefaultMaxTokens int64
+
+	// Retry configures repeated attempts after transient failures and
+	// rate limits.
+	Retry Retry
+	// Breaker configures the provider's circuit breaker.
+	Breaker Breaker
+}
+
+// Retry configures retries: exponential backoff with full jitter, and
+// pauses on the provider's rate-limit answers.
+type Retry struct {
+	// MaxAttempts caps upstream attempts, the first included (a class may
+	// set its own). Zero: 3.
+	MaxAttempts int
+	// BaseDelay is the longest backoff before the first retry; each further
+	// retry doubles it, up to MaxDelay. Zero: 500ms.
+	BaseDelay time.Duration
+	// MaxDelay caps the backoff. Zero: 30s.
+	MaxDelay time.Duration
+	// MaxPause caps a pause the provider asks for. Zero: 2m.
+	MaxPause time.Duration
+}
+
+// Breaker configures a provider's circuit breaker.
+type Breaker struct {
+	// FailureThreshold is how many consecutive failures (5xx, timeouts,
+	// connection errors) open it. Zero: 5.
+	FailureThreshold int
+	// OpenFor is how long it stays open before probing. Zero: 30s.
+	OpenFor time.Duration
+	// HalfOpenRequests is how many probes it lets through. Zero: 1.
+	HalfOpenRequests int
 }
 
 // Model is one model's quota within a provider.
@@ -97,6 +129,9 @@ type Class struct {
 	// Share caps the class's use of every quota to this fraction of it,
 	// keeping headroom for the others. Zero: 1, the whole quota.
 	Share float64
+	// MaxAttempts caps upstream attempts for this class. Zero: the
+	// provider's.
+	MaxAttempts int
 }
 
 // Route gives requests to a path (after any provider prefix) a default
@@ -232,11 +267,10 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 		if up.quota, err = newQuota(pc, classes, p.lim, log); err != nil {
 			return nil, fmt.Errorf("proxy: %w", err)
 		}
-		var queued func(int) float64
-		if up.quota != nil {
-			queued = up.quota.queued
+		up.metrics = m.Provider(pc.Name, names, func() float64 { return float64(up.inflight.Load()) }, up.quota.queued)
+		if err := up.setFailureHandling(pc, log); err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
 		}
-		up.metrics = m.Provider(pc.Name, names, func() float64 { return float64(up.inflight.Load()) }, queued)
 		p.upstreams = append(p.upstreams, up)
 		if pc.Default {
 			if p.def != nil {
@@ -313,9 +347,6 @@ func (p *Proxy) startDispatchers() {
 		ctx, cancel := context.WithCancel(context.Background())
 		p.dispatchers.cancel = cancel
 		for _, up := range p.upstreams {
-			if up.quota == nil {
-				continue
-			}
 			for _, sc := range up.quota.scopes {
 				p.dispatchers.wg.Add(1)
 				go func() {
@@ -385,13 +416,10 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 
 	x := p.exchanges.Get().(*exchange)
 	x.reset(p, up, class)
-	if up.quota != nil && !p.admit(ctx, x, path, start) {
-		x.release()
-	} else {
-		if up.quota == nil {
-			ctx.Response.Header.SetBytesV(HeaderQueueWait, zeroMillis)
-		}
+	if p.admit(ctx, x, path, start) {
 		p.forward(ctx, x, path)
+	} else {
+		x.release()
 	}
 	up.metrics.Request(class, ctx.Response.StatusCode(), time.Since(start))
 }
@@ -435,63 +463,6 @@ func (p *Proxy) class(v, path []byte) (int, bool) {
 	return 0, false
 }
 
-// forward sends the request upstream and sets up the response relay. It
-// owns x from here on: the relay or forward itself finishes it.
-func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, path []byte) {
-	up := x.up
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	up.prepare(req, ctx, path, x.body)
-
-	up.inflight.Add(1)
-	if x.parsed {
-		resp.StreamBody = x.est.Stream || !ctx.IsPost()
-	} else {
-		resp.StreamBody = wantsStream(ctx)
-	}
-	sent := time.Now()
-	err := up.roundTrip(req, resp, sent)
-	fasthttp.ReleaseRequest(req)
-	if err != nil {
-		up.inflight.Add(-1)
-		fasthttp.ReleaseResponse(resp)
-		apiErr, timedOut := upstreamError(err)
-		up.metrics.UpstreamFailed(timedOut, time.Since(sent))
-		if p.draining.Load() {
-			apiErr = errDraining
-		}
-		writeError(ctx, apiErr)
-		x.finish(0, tokens.Usage{}, false, 0)
-		p.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream request failed",
-			slog.String("provider", up.name), slog.String("error", err.Error()))
-		return
-	}
-	status := resp.StatusCode()
-	up.metrics.Upstream(status, time.Since(sent))
-
-	ctx.SetStatusCode(status)
-	copyResponseHeaders(&ctx.Response.Header, &resp.Header)
-	if resp.BodyStream() == nil {
-		// Read whole (or no body at all): nothing outlives the handler.
-		body := resp.Body()
-		ctx.Response.SetBody(body)
-		if x.track {
-			u, ok := tokens.ResponseUsage(body)
-			x.finish(status, u, ok, 0)
-		} else {
-			x.finish(status, tokens.Usage{}, false, 0)
-		}
-		up.inflight.Add(-1)
-		fasthttp.ReleaseResponse(resp)
-		return
-	}
-	size := resp.Header.ContentLength()
-	if size < 0 || x.strip {
-		size = -1 // chunked, until close, or shortened: relay chunk by chunk
-	}
-	ctx.Response.SetBodyStream(newRelay(x, resp, sent), size)
-}
-
 // fasthttpLogger routes fasthttp's own messages into slog at debug level:
 // they are about single connections (a client that sent garbage), not
 // about Sluice.
@@ -505,19 +476,24 @@ func (l fasthttpLogger) Printf(format string, args ...any) {
 
 // ProviderStatus is a provider's row in the admin status.
 type ProviderStatus struct {
-	Name     string        `json:"name"`
-	Upstream string        `json:"upstream"`
-	Default  bool          `json:"default"`
-	Inflight int64         `json:"inflight"`
-	Scopes   []ScopeStatus `json:"scopes,omitempty"`
+	Name      string        `json:"name"`
+	Upstream  string        `json:"upstream"`
+	Default   bool          `json:"default"`
+	Inflight  int64         `json:"inflight"`
+	Breaker   string        `json:"breaker"`                      // closed, half-open or open
+	OpenUntil *time.Time    `json:"breaker_open_until,omitempty"` // when an open breaker probes again
+	Scopes    []ScopeStatus `json:"scopes,omitempty"`
 }
 
 // ScopeStatus is a quota scope's state: its queues by class and its
 // buckets' limits and current headroom.
 type ScopeStatus struct {
-	Name    string                  `json:"name"`
-	Classes []scheduler.ClassStatus `json:"classes"`
-	Buckets []BucketStatus          `json:"buckets"`
+	Name string `json:"name"`
+	// PausedUntil is when a pause the provider asked for (429 with
+	// Retry-After or reset headers) ends; absent when not paused.
+	PausedUntil *time.Time              `json:"paused_until,omitempty"`
+	Classes     []scheduler.ClassStatus `json:"classes"`
+	Buckets     []BucketStatus          `json:"buckets"`
 }
 
 // BucketStatus is one bucket's limits and what it could admit right now.
@@ -544,15 +520,21 @@ func (p *Proxy) Status() []ProviderStatus {
 			Upstream: string(up.scheme) + "://" + string(up.host) + string(up.basePath),
 			Default:  up == p.def,
 			Inflight: up.inflight.Load(),
+			Breaker:  up.breaker.State().String(),
 		}
-		if up.quota != nil {
-			for _, sc := range up.quota.scopes {
-				ss := ScopeStatus{Name: sc.name, Classes: sc.sched.Status()}
-				for _, b := range sc.buckets {
-					ss.Buckets = append(ss.Buckets, bucketStatus(p.lim, b))
-				}
-				ps.Scopes = append(ps.Scopes, ss)
+		if t := up.breaker.OpenUntil(); !t.IsZero() {
+			ps.OpenUntil = &t
+		}
+		now := time.Now()
+		for _, sc := range up.quota.scopes {
+			ss := ScopeStatus{Name: sc.name, Classes: sc.sched.Status()}
+			if t := p.lim.PausedUntil(now, sc.buckets[0]); !t.IsZero() {
+				ss.PausedUntil = &t
 			}
+			for _, b := range sc.buckets {
+				ss.Buckets = append(ss.Buckets, bucketStatus(p.lim, b))
+			}
+			ps.Scopes = append(ps.Scopes, ss)
 		}
 		out = append(out, ps)
 	}

@@ -31,11 +31,14 @@ type testProxy struct {
 	reg  *prometheus.Registry
 }
 
-// provider returns settings for an upstream with test-friendly timeouts.
+// provider returns settings for an upstream with test-friendly timeouts and
+// a single attempt per request, so that tests of one exchange see exactly
+// one; the failure-handling tests set their own retries.
 func provider(name, baseURL string) Provider {
 	return Provider{
 		Name: name, BaseURL: baseURL,
 		ConnectTimeout: 2 * time.Second, StreamIdleTimeout: 10 * time.Second, Timeout: 20 * time.Second,
+		Retry: Retry{MaxAttempts: 1},
 	}
 }
 

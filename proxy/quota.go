@@ -19,9 +19,10 @@ import (
 // quota holds a provider's quota scopes: one for the provider as a whole,
 // used by requests for models without limits of their own, and one per
 // model with limits. Requests for a model scope are charged to the model's
-// buckets and to the provider's.
+// buckets and to the provider's. Every provider has one, limits or not: a
+// provider's 429 pauses its scope.
 type quota struct {
-	provider *scope            // nil when the provider itself has no limits
+	provider *scope
 	models   map[string]*scope // by model name
 	scopes   []*scope          // all of the above, for dispatchers and status
 	parse    bool              // bodies must be read: tokens are counted or models told apart
@@ -38,25 +39,22 @@ type scope struct {
 	lim              *limiter.Local
 }
 
-// newQuota builds the scopes of provider pc; nil when it has no limits at
-// all.
+// newQuota builds the scopes of provider pc.
 func newQuota(pc Provider, classes []Class, lim *limiter.Local, log *slog.Logger) (*quota, error) {
 	q := &quota{models: make(map[string]*scope), classes: len(classes)}
-	var providerBucket *limiter.Bucket
-	if limited(pc.Limits) {
-		b, err := lim.NewBucket(pc.Name, pc.Limits)
-		if err != nil {
-			return nil, fmt.Errorf("provider %s limits: %w", pc.Name, err)
-		}
-		providerBucket = b
-		sc, err := newScope(pc.Name, []*limiter.Bucket{b}, classes, lim, log)
-		if err != nil {
-			return nil, err
-		}
-		sc.defaultMaxTokens = pc.DefaultMaxTokens
-		q.provider = sc
-		q.scopes = append(q.scopes, sc)
+	// Without limits the provider's bucket admits everything, except while
+	// the provider has asked for a pause.
+	providerBucket, err := lim.NewBucket(pc.Name, pc.Limits)
+	if err != nil {
+		return nil, fmt.Errorf("provider %s limits: %w", pc.Name, err)
 	}
+	sc, err := newScope(pc.Name, []*limiter.Bucket{providerBucket}, classes, lim, log)
+	if err != nil {
+		return nil, err
+	}
+	sc.defaultMaxTokens = pc.DefaultMaxTokens
+	q.provider = sc
+	q.scopes = append(q.scopes, sc)
 	for _, m := range pc.Models {
 		if !limited(m.Limits) {
 			continue
@@ -66,11 +64,7 @@ func newQuota(pc Provider, classes []Class, lim *limiter.Local, log *slog.Logger
 		if err != nil {
 			return nil, fmt.Errorf("provider %s model %s limits: %w", pc.Name, m.Name, err)
 		}
-		shared := []*limiter.Bucket{b}
-		if providerBucket != nil {
-			shared = append(shared, providerBucket)
-		}
-		sc, err := newScope(key, shared, classes, lim, log)
+		sc, err := newScope(key, []*limiter.Bucket{b, providerBucket}, classes, lim, log)
 		if err != nil {
 			return nil, err
 		}
@@ -80,9 +74,6 @@ func newQuota(pc Provider, classes []Class, lim *limiter.Local, log *slog.Logger
 		}
 		q.models[m.Name] = sc
 		q.scopes = append(q.scopes, sc)
-	}
-	if len(q.scopes) == 0 {
-		return nil, nil
 	}
 	for _, sc := range q.scopes {
 		q.parse = q.parse || sc.tokens
@@ -104,6 +95,9 @@ func newScope(name string, shared []*limiter.Bucket, classes []Class, lim *limit
 		buckets := append([]*limiter.Bucket(nil), shared...)
 		if c.Share < 1 {
 			for _, b := range shared {
+				if !limited(b.Limits()) {
+					continue
+				}
 				own, err := lim.NewBucket(b.Key()+"#"+c.Name, scaled(b.Limits(), c.Share))
 				if err != nil {
 					return nil, fmt.Errorf("scope %s class %s ceiling: %w", name, c.Name, err)
@@ -155,8 +149,7 @@ func (q *quota) queued(ci int) float64 {
 	return float64(n)
 }
 
-// scopeFor returns the scope a request for model belongs to; nil when
-// neither the model nor the provider has limits.
+// scopeFor returns the scope a request for model belongs to.
 func (q *quota) scopeFor(model *tokens.Model) *scope {
 	if model != nil && len(q.models) > 0 {
 		if sc, ok := q.models[model.Name]; ok {
@@ -176,13 +169,15 @@ type exchange struct {
 	scope  *scope // nil when not admitted through a quota
 	conn   net.Conn
 
-	parsed  bool           // est holds the parsed body
-	est     tokens.Request // the body's estimate
-	charged int64          // tokens charged up front
-	track   bool           // reconcile tokens with the usage
-	strip   bool           // the client did not ask for the usage chunk Sluice asked for
-	body    []byte         // the body to forward when Sluice changed it; nil: the client's
-	bodyBuf []byte         // reused backing store of body
+	parsed   bool           // est holds the parsed body
+	est      tokens.Request // the body's estimate
+	charged  int64          // tokens charged up front
+	track    bool           // reconcile tokens with the usage
+	strip    bool           // the client did not ask for the usage chunk Sluice asked for
+	attempts int            // upstream attempts so far
+	waited   time.Duration  // time waited for quota, all attempts
+	body     []byte         // the body to forward when Sluice changed it; nil: the client's
+	bodyBuf  []byte         // reused backing store of body
 }
 
 func (x *exchange) reset(p *Proxy, up *upstream, class int) {
@@ -190,6 +185,7 @@ func (x *exchange) reset(p *Proxy, up *upstream, class int) {
 	x.scope, x.conn = nil, nil
 	x.parsed, x.est, x.charged = false, tokens.Request{}, 0
 	x.track, x.strip, x.body = false, false, nil
+	x.attempts, x.waited = 0, 0
 	// The ticket keeps its channel and timer for reuse; admit sets the rest.
 	x.ticket.Probe = nil
 }
@@ -248,19 +244,16 @@ func (p *Proxy) admit(ctx *fasthttp.RequestCtx, x *exchange, path []byte, start 
 			}
 		}
 	}
-	if sc == nil {
-		ctx.Response.Header.SetBytesV(HeaderQueueWait, zeroMillis)
-		return true
-	}
-
 	x.scope = sc
 	x.charged = cost.Tokens
 	x.conn = ctx.Conn()
 	x.ticket.Class = x.class
 	x.ticket.Cost = cost
 	x.ticket.Deadline = start.Add(maxWait)
+	x.ticket.Arrived = start
 	x.ticket.Probe = x
 	waited, err := sc.sched.Acquire(context.Background(), &x.ticket, start)
+	x.waited = waited
 	x.up.metrics.QueueWait(x.class, waited)
 	var msBuf [20]byte
 	ctx.Response.Header.SetBytesV(HeaderQueueWait, strconv.AppendInt(msBuf[:0], waited.Milliseconds(), 10))
@@ -315,6 +308,15 @@ func classify(err error) int {
 	default:
 		return 2
 	}
+}
+
+// refundAll ends an exchange whose request never reached the upstream: its
+// whole charge is returned.
+func (x *exchange) refundAll() {
+	if sc := x.scope; sc != nil {
+		sc.sched.Finish(context.Background(), &x.ticket, limiter.Cost{Requests: -x.ticket.Cost.Requests, Tokens: -x.ticket.Cost.Tokens})
+	}
+	x.release()
 }
 
 // finish ends the exchange once its response is over: it corrects the

@@ -11,6 +11,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-ai/sluice/breaker"
 	"github.com/sluice-ai/sluice/metrics"
 )
 
@@ -30,7 +31,9 @@ type upstream struct {
 
 	metrics  *metrics.Provider
 	inflight atomic.Int64 // requests sent and not yet fully relayed
-	quota    *quota       // nil: no limits, nothing is queued
+	quota    *quota
+	policy   failurePolicy
+	breaker  *breaker.Breaker
 }
 
 func newUpstream(p Provider) (*upstream, error) {
