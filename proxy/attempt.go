@@ -123,6 +123,8 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, path []byte) {
 			}
 			if p.draining.Load() {
 				apiErr = errDraining
+			} else {
+				p.gaveUp(x, reason)
 			}
 			writeError(ctx, apiErr)
 			ctx.Response.Header.Set(headerShouldRetry, "false")
@@ -157,6 +159,9 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, path []byte) {
 				continue
 			}
 			return
+		}
+		if retryable {
+			p.gaveUp(x, v.Reason)
 		}
 		p.respond(ctx, x, resp, status, body, sent)
 		if retryable {
@@ -238,6 +243,18 @@ func (p *Proxy) again(ctx *fasthttp.RequestCtx, x *exchange, reason string, stat
 		return false
 	}
 	return true
+}
+
+// ErrorKindRetriesExhausted is the error kind of a request Sluice stopped
+// retrying; the dead-letter store keys its records by such kinds.
+const ErrorKindRetriesExhausted = "retries_exhausted"
+
+// gaveUp records a request whose attempts are used up.
+func (p *Proxy) gaveUp(x *exchange, reason string) {
+	p.log.LogAttrs(context.Background(), slog.LevelWarn, "giving up on request",
+		slog.String("provider", x.up.name), slog.String("class", p.classes[x.class].Name),
+		slog.String("error_kind", ErrorKindRetriesExhausted), slog.String("reason", reason),
+		slog.Int("attempts", x.attempts))
 }
 
 // pause stops the request's scope for as long as the provider asked (or a

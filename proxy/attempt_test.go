@@ -373,3 +373,39 @@ func gaugeValue(tb testing.TB, px *testProxy, name string) float64 {
 	tb.Fatalf("no gauge %s", name)
 	return 0
 }
+
+func TestHostilePauseCapped(t *testing.T) {
+	var s *script
+	s = newScript(t, answer(429, map[string]string{"Retry-After": "99999999"}), func(ctx *fasthttp.RequestCtx) { s.up.Default(ctx) })
+	p := failingProvider(s.up.URL, 3)
+	p.Retry.MaxPause = 300 * time.Millisecond
+	px := mustStart(t, Settings{Providers: []Provider{p}, Classes: classNames("default")})
+	resp := post(t, client(t), px.URL+"/v1/chat/completions", chatBody, nil)
+	readAll(t, resp)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d, want 200 once the capped pause ended", resp.StatusCode)
+	}
+	at := s.times()
+	if gap := at[1].Sub(at[0]); gap < 250*time.Millisecond || gap > 5*time.Second {
+		t.Errorf("retry %v after a Retry-After of 99999999s, want the 300ms max_pause", gap)
+	}
+}
+
+func TestRemainingAvoidsTheNext429(t *testing.T) {
+	// The provider says no requests are left; Sluice believes it has ten.
+	var s *script
+	s = newScript(t, func(ctx *fasthttp.RequestCtx) {
+		s.up.Default(ctx)
+		ctx.Response.Header.Set("x-ratelimit-remaining-requests", "0") // over the fake's own figure
+	})
+	p := failingProvider(s.up.URL, 1)
+	p.Limits.RequestsPerMinute, p.Limits.RequestBurst = 600, time.Second // ten at once, then one per 100ms
+	px := mustStart(t, Settings{Providers: []Provider{p}, Classes: classNames("default")})
+	c := client(t)
+	readAll(t, post(t, c, px.URL+"/v1/chat/completions", chatBody, nil))
+	resp := post(t, c, px.URL+"/v1/chat/completions", chatBody, nil)
+	readAll(t, resp)
+	if w, _ := strconv.Atoi(resp.Header.Get(HeaderQueueWait)); w < 50 {
+		t.Errorf("second request waited %dms, want about 100ms: the provider reported nothing left", w)
+	}
+}
