@@ -40,7 +40,7 @@ fuzz:
 # generated part of docs/benchmarks.md), and the memory a waiting request
 # holds (printed; docs/benchmarks.md keeps the last result by hand).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./proxy/ ./scheduler/ ./limiter/ ./tokens/
+	$(GO) test -run '^$$' -bench . -benchmem ./proxy/ ./scheduler/ ./limiter/ ./tokens/ ./breaker/ ./retry/
 	$(GO) run ./bench -rounds 3 -out docs/benchmarks.md
 	$(GO) run ./bench waiting -n 10000
 
