@@ -227,7 +227,15 @@ func (p *Proxy) again(ctx *fasthttp.RequestCtx, x *exchange, reason string, stat
 	if !rateLimited {
 		wait := retry.Backoff(x.attempts, up.policy.baseDelay, up.policy.maxDelay, rand.Float64())
 		t := time.NewTimer(wait)
-		<-t.C
+		select {
+		case <-t.C:
+		case <-p.dispatchers.stopped: // the grace period is over
+			t.Stop()
+			x.scope = nil
+			writeError(ctx, errDraining)
+			x.release()
+			return false
+		}
 	}
 	now := time.Now()
 	x.ticket.Deadline = now.Add(p.classes[x.class].MaxWait)

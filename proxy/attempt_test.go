@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -10,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/internal/upstreamtest"
+	"github.com/sluice-ai/sluice/metrics"
 )
 
 // script answers the fake upstream's requests in turn with the given
@@ -407,5 +412,49 @@ func TestRemainingAvoidsTheNext429(t *testing.T) {
 	readAll(t, resp)
 	if w, _ := strconv.Atoi(resp.Header.Get(HeaderQueueWait)); w < 50 {
 		t.Errorf("second request waited %dms, want about 100ms: the provider reported nothing left", w)
+	}
+}
+
+// TestShutdownEndsBackoff: a request waiting out a retry backoff when the
+// shutdown grace period ends is answered 503 then, not after the backoff.
+func TestShutdownEndsBackoff(t *testing.T) {
+	s := newScript(t, answer(503, nil))
+	pc := failingProvider(s.up.URL, 3)
+	pc.Retry.BaseDelay, pc.Retry.MaxDelay = time.Hour, time.Hour // a backoff that outlasts the test
+	p, err := New(Settings{Providers: []Provider{pc}, Classes: classNames("default")},
+		metrics.New(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ln) }()
+	answered := make(chan *http.Response, 1)
+	go func() { answered <- post(t, client(t), "http://"+ln.Addr().String()+"/v1/chat/completions", chatBody, nil) }()
+	for len(s.times()) == 0 {
+		time.Sleep(time.Millisecond) // the first attempt has to fail first
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- p.Shutdown(ctx) }()
+	select {
+	case resp := <-answered:
+		body := readAll(t, resp)
+		if resp.StatusCode != 503 || apiErrorCode(t, body) != "shutting_down" {
+			t.Errorf("answer %d %s, want 503 shutting_down", resp.StatusCode, body)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request in backoff was not answered when the grace period ended")
+	}
+	<-shutdown
+	if err := <-served; err != nil {
+		t.Errorf("Serve = %v", err)
+	}
+	if n := len(s.times()); n != 1 {
+		t.Errorf("upstream saw %d attempts, want 1", n)
 	}
 }

@@ -181,9 +181,11 @@ type Proxy struct {
 	exchanges sync.Pool // *exchange
 
 	dispatchers struct {
-		once   sync.Once
-		cancel context.CancelFunc
-		wg     sync.WaitGroup
+		once     sync.Once
+		cancel   context.CancelFunc
+		wg       sync.WaitGroup
+		stopOnce sync.Once
+		stopped  chan struct{} // closed when the dispatchers stop: backoffs end too
 	}
 
 	draining atomic.Bool
@@ -247,6 +249,7 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 		estimator: est,
 	}
 	p.exchanges.New = func() any { return new(exchange) }
+	p.dispatchers.stopped = make(chan struct{})
 	for _, n := range names {
 		p.classNames = append(p.classNames, []byte(n))
 	}
@@ -362,6 +365,7 @@ func (p *Proxy) startDispatchers() {
 // dispatchers.
 func (p *Proxy) stopDispatchers() {
 	p.dispatchers.once.Do(func() {}) // never started: nothing waits
+	p.dispatchers.stopOnce.Do(func() { close(p.dispatchers.stopped) })
 	if p.dispatchers.cancel != nil {
 		p.dispatchers.cancel()
 	}
