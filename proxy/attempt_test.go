@@ -421,8 +421,9 @@ func TestShutdownEndsBackoff(t *testing.T) {
 	s := newScript(t, answer(503, nil))
 	pc := failingProvider(s.up.URL, 3)
 	pc.Retry.BaseDelay, pc.Retry.MaxDelay = time.Hour, time.Hour // a backoff that outlasts the test
+	reg := prometheus.NewRegistry()
 	p, err := New(Settings{Providers: []Provider{pc}, Classes: classNames("default")},
-		metrics.New(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+		metrics.New(reg), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,8 +435,13 @@ func TestShutdownEndsBackoff(t *testing.T) {
 	go func() { served <- p.Serve(ln) }()
 	answered := make(chan *http.Response, 1)
 	go func() { answered <- post(t, client(t), "http://"+ln.Addr().String()+"/v1/chat/completions", chatBody, nil) }()
-	for len(s.times()) == 0 {
-		time.Sleep(time.Millisecond) // the first attempt has to fail first
+	// The retry is counted just before its backoff starts.
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(mustCounterOrZero(t, reg, "sluice_retries_total")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first attempt never failed into a backoff")
+		}
+		time.Sleep(time.Millisecond)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -457,4 +463,23 @@ func TestShutdownEndsBackoff(t *testing.T) {
 	if n := len(s.times()); n != 1 {
 		t.Errorf("upstream saw %d attempts, want 1", n)
 	}
+}
+
+// mustCounterOrZero sums every series of the counter name (zero before the
+// first one exists).
+func mustCounterOrZero(tb testing.TB, g prometheus.Gatherer, name string) prometheus.Collector {
+	tb.Helper()
+	families, err := g.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() == name {
+			for _, m := range f.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x", Help: "x"}, func() float64 { return sum })
 }
