@@ -189,10 +189,13 @@ type Ticket struct {
 
 	prev, next *Ticket
 	state      state // guarded by the scope's mu while the ticket is queued
-	enqueued   time.Time
-	done       chan struct{} // capacity 1: the dispatcher's answer
-	err        error         // the answer, written before done is signalled
-	timer      *time.Timer
+	// expire is set by the ticket's own deadline while the dispatcher was
+	// deciding on it; the dispatcher then answers it with a timeout.
+	expire   bool
+	enqueued time.Time
+	done     chan struct{} // capacity 1: the dispatcher's answer
+	err      error         // the answer, written before done is signalled
+	timer    *time.Timer
 }
 
 type state uint8
@@ -200,6 +203,11 @@ type state uint8
 const (
 	idle state = iota
 	queued
+	// deciding: the dispatcher is asking the limiter about it. It stays in
+	// its queue, and its owner may not take it out: the dispatcher answers
+	// it or puts it back, so the ticket (and whatever embeds it) stays
+	// valid while the dispatcher reads it without the lock.
+	deciding
 	answered // granted or refused by the dispatcher
 	expired  // removed by its own deadline
 )
@@ -257,16 +265,19 @@ func (s *Scope) Acquire(ctx context.Context, t *Ticket, now time.Time) (time.Dur
 	case <-t.done:
 	case <-t.timer.C:
 		s.mu.Lock()
-		if t.state == queued {
+		switch t.state {
+		case queued:
 			s.remove(t)
 			t.state = expired
 			after := s.drainTime(t.Class, limiter.Cost{})
 			s.mu.Unlock()
 			s.notify() // the head may have changed
 			return time.Since(t.enqueued), &RetryError{Err: ErrQueueTimeout, After: after}
+		case deciding:
+			t.expire = true // the dispatcher answers, grant or timeout
 		}
 		s.mu.Unlock()
-		<-t.done // answered just now: take the answer
+		<-t.done
 	}
 	t.timer.Stop()
 	t.state = idle
@@ -316,7 +327,7 @@ func (s *Scope) enqueue(t *Ticket, now time.Time) {
 	if t.done == nil {
 		t.done = make(chan struct{}, 1)
 	}
-	t.state, t.err, t.enqueued = queued, nil, now
+	t.state, t.err, t.enqueued, t.expire = queued, nil, now, false
 	if t.Arrived.IsZero() {
 		t.Arrived = now
 	}
@@ -369,7 +380,7 @@ func (s *Scope) remove(t *Ticket) {
 // when the ticket had already left by its deadline.
 func (s *Scope) answer(t *Ticket, err error) bool {
 	s.mu.Lock()
-	if t.state != queued {
+	if t.state != queued && t.state != deciding {
 		s.mu.Unlock()
 		return false
 	}
@@ -448,14 +459,18 @@ func (s *Scope) dispatch(ctx context.Context) time.Duration {
 		if t == nil {
 			return sleep
 		}
+		// t is deciding: its owner waits for our answer, so its fields
+		// hold still until answer or putBack.
+		ci, cost := t.Class, t.Cost
+		c := &s.classes[ci]
 		if t.Probe != nil && t.Probe.Gone() {
 			s.answer(t, ErrClientGone)
 			continue
 		}
-		c := &s.classes[t.Class]
-		d, err := s.lim.Reserve(ctx, c.Buckets, t.Cost, s.commitWithin)
+		d, err := s.lim.Reserve(ctx, c.Buckets, cost, s.commitWithin)
 		if err != nil {
 			s.log.Warn("reserving quota", slog.String("scope", s.name), slog.String("error", err.Error()))
+			s.putBack(t)
 			return retryBackoff
 		}
 		switch {
@@ -465,12 +480,15 @@ func (s *Scope) dispatch(ctx context.Context) time.Duration {
 				sleepCtx(ctx, d.Wait)
 			}
 			if !s.answer(t, nil) {
-				s.undo(ctx, c, t.Cost) // it left by its deadline meanwhile
+				s.undo(ctx, c, cost)
 			}
 			continue
 		case d.Never:
 			s.answer(t, ErrTooLarge)
 			continue
+		}
+		if s.putBack(t) {
+			continue // its deadline passed meanwhile: answered, look again
 		}
 		wait := d.Wait // zero when only a concurrency slot is missing: a Finish wakes us
 		if !d.Busy && wait <= 0 {
@@ -479,12 +497,30 @@ func (s *Scope) dispatch(ctx context.Context) time.Duration {
 		if wait > 0 && (sleep == 0 || wait < sleep) {
 			sleep = wait
 		}
-		if d.Bucket >= c.Own && t.Class < 64 {
-			skip |= 1 << t.Class // only its own ceiling: let the others go
+		if d.Bucket >= c.Own && ci < 64 {
+			skip |= 1 << ci // only its own ceiling: let the others go
 			continue
 		}
 		return sleep
 	}
+}
+
+// putBack returns a ticket the dispatcher decided not to grant yet to its
+// queue, or, when its deadline passed while the dispatcher was deciding,
+// answers it with a timeout and reports true.
+func (s *Scope) putBack(t *Ticket) bool {
+	s.mu.Lock()
+	if !t.expire {
+		t.state = queued
+		s.mu.Unlock()
+		return false
+	}
+	s.remove(t)
+	t.state = answered
+	t.err = &RetryError{Err: ErrQueueTimeout, After: s.drainTime(t.Class, limiter.Cost{})}
+	s.mu.Unlock()
+	t.done <- struct{}{}
+	return true
 }
 
 // undo takes back a reservation made for a request that no longer wants it.
@@ -523,7 +559,9 @@ func (s *Scope) pick(skip uint64) *Ticket {
 	if best < 0 {
 		return nil
 	}
-	return s.classes[best].head
+	t := s.classes[best].head
+	t.state = deciding
+	return t
 }
 
 // ClassStatus is one class's state in a scope.
