@@ -29,9 +29,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-ai/sluice/admin"
 	"github.com/sluice-ai/sluice/config"
+	"github.com/sluice-ai/sluice/deadletter"
 	"github.com/sluice-ai/sluice/limiter"
 	"github.com/sluice-ai/sluice/metrics"
 	"github.com/sluice-ai/sluice/proxy"
@@ -129,6 +131,12 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	dl, err := openDeadLetters(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer dl.close(log)
+	ps.DeadLetters = dl.store
 	px, err := proxy.New(ps, m, log)
 	if err != nil {
 		return err
@@ -182,6 +190,84 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 	return serveErr
 }
 
+// deadLetters is the dead-letter store serve uses and what it must stop.
+type deadLetters struct {
+	store  proxy.DeadLetters
+	file   *deadletter.FileStore
+	redis  redis.UniversalClient
+	cancel context.CancelFunc // stops the spool's mover
+	done   chan struct{}
+}
+
+// openDeadLetters opens the JSON-lines file in single-replica mode, and in
+// shared mode the Redis stream with the file as its spool while Redis is
+// away.
+func openDeadLetters(cfg *config.Config, log *slog.Logger) (*deadLetters, error) {
+	file, err := deadletter.OpenFile(cfg.DeadLetter.File)
+	if err != nil {
+		return nil, fmt.Errorf("deadletter.file: %w", err)
+	}
+	if n := file.Damaged(); n > 0 {
+		log.Warn("dead-letter file has damaged lines; they were skipped", slog.String("file", cfg.DeadLetter.File), slog.Int("lines", n))
+	}
+	dl := &deadLetters{store: file, file: file}
+	if !cfg.SharedMode() {
+		return dl, nil
+	}
+	rc, err := redisClient(cfg.Redis)
+	if err != nil {
+		file.Close()
+		return nil, err
+	}
+	spool := deadletter.NewSpool(deadletter.NewRedisStore(rc, cfg.DeadLetter.Stream, cfg.DeadLetter.MaxLen, cfg.Redis.CommandTimeout), file, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	dl.store, dl.redis, dl.cancel, dl.done = spool, rc, cancel, make(chan struct{})
+	go func() {
+		defer close(dl.done)
+		if err := spool.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("dead-letter spool stopped", slog.String("error", err.Error()))
+		}
+	}()
+	return dl, nil
+}
+
+func (dl *deadLetters) close(log *slog.Logger) {
+	if dl.cancel != nil {
+		dl.cancel()
+		<-dl.done
+	}
+	if err := dl.file.Close(); err != nil {
+		log.Warn("closing the dead-letter file", slog.String("error", err.Error()))
+	}
+	if dl.redis != nil {
+		_ = dl.redis.Close()
+	}
+}
+
+// redisClient builds the one client shared mode uses: standalone from a
+// URL, or Cluster / Sentinel from addresses.
+func redisClient(r config.Redis) (redis.UniversalClient, error) {
+	if r.URL != "" {
+		opt, err := redis.ParseURL(r.URL)
+		if err != nil {
+			return nil, fmt.Errorf("redis.url: %w", err)
+		}
+		if pw := r.Password.Reveal(); pw != "" {
+			opt.Password = pw
+		}
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = r.DialTimeout, r.CommandTimeout, r.CommandTimeout
+		return redis.NewClient(opt), nil
+	}
+	return redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:        r.Addrs,
+		MasterName:   r.MasterName,
+		Password:     r.Password.Reveal(),
+		DialTimeout:  r.DialTimeout,
+		ReadTimeout:  r.CommandTimeout,
+		WriteTimeout: r.CommandTimeout,
+	}), nil
+}
+
 func newLogger(cfg *config.Config, w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
@@ -204,6 +290,7 @@ func proxySettings(cfg *config.Config) (proxy.Settings, error) {
 		DefaultClass:   cfg.DefaultClass,
 		MaxBodyBytes:   int(cfg.MaxBodyBytes),
 		TokenEstimator: method,
+		RedactHeaders:  cfg.DeadLetter.RedactHeaders,
 	}
 	for _, c := range cfg.Classes {
 		s.Classes = append(s.Classes, proxy.Class{

@@ -18,7 +18,9 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-ai/sluice/deadletter"
 	"github.com/sluice-ai/sluice/internal/upstreamtest"
 )
 
@@ -33,7 +35,12 @@ type sluice struct {
 // is called), returning once the instance logged its addresses.
 func mustRun(tb testing.TB, cfg string) *sluice {
 	tb.Helper()
-	path := filepath.Join(tb.TempDir(), "config.yaml")
+	dir := tb.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	if !strings.Contains(cfg, "\ndeadletter:") {
+		// Keep dead letters out of the working directory.
+		cfg += "\ndeadletter:\n  file: " + filepath.Join(dir, "deadletters.jsonl") + "\n"
+	}
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		tb.Fatal(err)
 	}
@@ -406,5 +413,39 @@ func TestOpenAISDKThroughQuota(t *testing.T) {
 	reqs := up.Requests()
 	if last := reqs[len(reqs)-1]; !strings.Contains(string(last.Body), `"include_usage":true`) {
 		t.Errorf("upstream stream request %s: want include_usage forced on", last.Body)
+	}
+}
+
+// TestDeadLetterFile: in single-replica mode a request Sluice gives up on is
+// answered, and recorded in the configured JSON-lines file.
+func TestDeadLetterFile(t *testing.T) {
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	up.Handle(func(ctx *fasthttp.RequestCtx) { ctx.SetStatusCode(503) })
+	file := filepath.Join(t.TempDir(), "dl.jsonl")
+	s := mustRun(t, testConfig(up.URL)+"    retry: {max_attempts: 2, base_delay: 10ms, max_delay: 20ms}\n"+
+		"deadletter:\n  file: "+file+"\n")
+	req, _ := http.NewRequest(http.MethodPost, s.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[]}`))
+	req.Header.Set("Authorization", "Bearer sk-client-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	id := resp.Header.Get("X-Sluice-Deadletter-Id")
+	if resp.StatusCode != 503 || id == "" || resp.Header.Get("X-Should-Retry") != "false" {
+		t.Fatalf("status %d, dead letter %q, x-should-retry %q; want 503 with a dead letter", resp.StatusCode, id, resp.Header.Get("X-Should-Retry"))
+	}
+	s.stop(t)
+	store, err := deadletter.OpenFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	rec, err := store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatalf("record %s: %v", id, err)
+	}
+	if rec.ErrorKind != deadletter.RetriesExhausted || rec.Attempts != 2 || rec.Headers["Authorization"] != deadletter.Redacted {
+		t.Errorf("record %+v: want retries_exhausted after 2 attempts with Authorization redacted", rec)
 	}
 }

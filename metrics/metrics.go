@@ -48,6 +48,7 @@ type Metrics struct {
 	retries          *prometheus.CounterVec
 	pauses           *prometheus.CounterVec
 	breakerState     *prometheus.GaugeVec
+	deadLetters      *prometheus.CounterVec
 	reg              prometheus.Registerer
 }
 
@@ -94,10 +95,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "sluice_breaker_state",
 			Help: "Circuit breaker state by provider: 0 closed, 1 half-open, 2 open.",
 		}, []string{"provider"}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_deadletters_total",
+			Help: "Requests Sluice accepted but could not deliver, recorded as dead letters, by provider and error kind.",
+		}, []string{"provider", "reason"}),
 		reg: reg,
 	}
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamRequests, m.upstreamDuration, m.queueWait, m.tokens,
-		m.retries, m.pauses, m.breakerState)
+		m.retries, m.pauses, m.breakerState, m.deadLetters)
 	return m
 }
 
@@ -128,6 +133,7 @@ func (m *Metrics) Provider(name string, classes []string, inflight func() float6
 	p := &Provider{
 		name:             name,
 		retries:          m.retries,
+		deadLetters:      m.deadLetters,
 		pauses:           m.pauses.WithLabelValues(name),
 		breakerState:     m.breakerState.WithLabelValues(name),
 		tokensEstimated:  m.tokens.WithLabelValues(name, TokensEstimated),
@@ -155,6 +161,7 @@ func (m *Metrics) Provider(name string, classes []string, inflight func() float6
 type Provider struct {
 	name             string
 	retries          *prometheus.CounterVec
+	deadLetters      *prometheus.CounterVec
 	pauses           prometheus.Counter
 	breakerState     prometheus.Gauge
 	upstreamDuration prometheus.Observer
@@ -177,6 +184,11 @@ type classMetrics struct {
 // "rate_limited", "5xx", "timeout" or "connection".
 func (p *Provider) Retry(reason string) {
 	p.retries.WithLabelValues(p.name, reason).Inc()
+}
+
+// DeadLettered counts a request recorded as a dead letter of kind.
+func (p *Provider) DeadLettered(kind string) {
+	p.deadLetters.WithLabelValues(p.name, kind).Inc()
 }
 
 // Paused counts a rate-limit pause of the provider.

@@ -10,6 +10,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/breaker"
+	"github.com/sluice-ai/sluice/deadletter"
 	"github.com/sluice-ai/sluice/limiter"
 	"github.com/sluice-ai/sluice/retry"
 	"github.com/sluice-ai/sluice/tokens"
@@ -121,13 +122,18 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, path []byte) {
 				}
 				return
 			}
+			kind := deadletter.RetriesExhausted
 			if p.draining.Load() {
-				apiErr = errDraining
+				apiErr, kind = errDraining, deadletter.Shutdown
 			} else {
 				p.gaveUp(x, reason)
+				if timedOut {
+					kind = deadletter.UpstreamTimeout
+				}
 			}
 			writeError(ctx, apiErr)
 			ctx.Response.Header.Set(headerShouldRetry, "false")
+			p.deadLetter(ctx, x, kind, 0, err.Error())
 			x.finish(0, tokens.Usage{}, false, 0)
 			return
 		}
@@ -162,6 +168,8 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, path []byte) {
 		}
 		if retryable {
 			p.gaveUp(x, v.Reason)
+			// Recorded before respond hands x to the relay or finishes it.
+			p.deadLetter(ctx, x, deadletter.RetriesExhausted, status, "the upstream answered "+strconv.Itoa(status)+" ("+v.Reason+") on every attempt")
 		}
 		p.respond(ctx, x, resp, status, body, sent)
 		if retryable {
@@ -233,6 +241,7 @@ func (p *Proxy) again(ctx *fasthttp.RequestCtx, x *exchange, reason string, stat
 			t.Stop()
 			x.scope = nil
 			writeError(ctx, errDraining)
+			p.deadLetter(ctx, x, deadletter.Shutdown, 0, "Sluice shut down while the request waited to be retried after "+reason)
 			x.release()
 			return false
 		}
@@ -246,7 +255,7 @@ func (p *Proxy) again(ctx *fasthttp.RequestCtx, x *exchange, reason string, stat
 	up.metrics.QueueWait(x.class, waited)
 	if err != nil {
 		x.scope = nil // nothing held
-		p.refuse(ctx, x, err, x.ticket.Cost)
+		p.refuse(ctx, x, err, x.ticket.Cost, true)
 		x.release()
 		return false
 	}
@@ -308,5 +317,6 @@ func (p *Proxy) breakerOpen(ctx *fasthttp.RequestCtx, x *exchange) {
 		after = max(time.Until(until), time.Second)
 	}
 	writeRetryError(ctx, errBreakerOpen, after)
+	p.deadLetter(ctx, x, deadletter.BreakerOpen, 0, "the provider's circuit breaker is open")
 	x.refundAll()
 }

@@ -434,7 +434,9 @@ func TestShutdownEndsBackoff(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- p.Serve(ln) }()
 	answered := make(chan *http.Response, 1)
-	go func() { answered <- post(t, client(t), "http://"+ln.Addr().String()+"/v1/chat/completions", chatBody, nil) }()
+	go func() {
+		answered <- post(t, client(t), "http://"+ln.Addr().String()+"/v1/chat/completions", chatBody, nil)
+	}()
 	// The retry is counted just before its backoff starts.
 	deadline := time.Now().Add(10 * time.Second)
 	for testutil.ToFloat64(mustCounterOrZero(t, reg, "sluice_retries_total")) == 0 {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-ai/sluice/deadletter"
 	"github.com/sluice-ai/sluice/limiter"
 	"github.com/sluice-ai/sluice/metrics"
 	"github.com/sluice-ai/sluice/scheduler"
@@ -158,6 +159,12 @@ type Settings struct {
 	TokenEstimator tokens.Method
 	// MaxBodyBytes caps the request body; larger requests get 413. Zero: 32 MiB.
 	MaxBodyBytes int
+	// DeadLetters records requests that were accepted but could not be
+	// delivered. Nil: none are recorded.
+	DeadLetters DeadLetters
+	// RedactHeaders names request headers redacted in dead letters on top
+	// of the credentials and cookies that always are.
+	RedactHeaders []string
 }
 
 // Proxy serves the data plane. Create it with [New]; it is safe for
@@ -176,9 +183,11 @@ type Proxy struct {
 	routes       []classRoute // longest path first
 	errPriority  *apiError
 
-	lim       *limiter.Local
-	estimator *tokens.Estimator
-	exchanges sync.Pool // *exchange
+	lim         *limiter.Local
+	estimator   *tokens.Estimator
+	deadLetters DeadLetters
+	redactor    *deadletter.Redactor
+	exchanges   sync.Pool // *exchange
 
 	dispatchers struct {
 		once     sync.Once
@@ -245,8 +254,10 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 		defaultClass: defaultClass,
 		errPriority: newAPIError(fasthttp.StatusBadRequest, "invalid_request_error", "invalid_priority",
 			"X-Priority must name a priority class: one of "+strings.Join(names, ", ")),
-		lim:       limiter.NewLocal(nil),
-		estimator: est,
+		lim:         limiter.NewLocal(nil),
+		estimator:   est,
+		deadLetters: s.DeadLetters,
+		redactor:    deadletter.NewRedactor(s.RedactHeaders),
 	}
 	p.exchanges.New = func() any { return new(exchange) }
 	p.dispatchers.stopped = make(chan struct{})
@@ -419,7 +430,7 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetBytesV(HeaderClass, p.classNames[class])
 
 	x := p.exchanges.Get().(*exchange)
-	x.reset(p, up, class)
+	x.reset(p, up, class, start)
 	if p.admit(ctx, x, path, start) {
 		p.forward(ctx, x, path)
 	} else {

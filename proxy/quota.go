@@ -11,6 +11,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-ai/sluice/deadletter"
 	"github.com/sluice-ai/sluice/limiter"
 	"github.com/sluice-ai/sluice/scheduler"
 	"github.com/sluice-ai/sluice/tokens"
@@ -176,12 +177,13 @@ type exchange struct {
 	strip    bool           // the client did not ask for the usage chunk Sluice asked for
 	attempts int            // upstream attempts so far
 	waited   time.Duration  // time waited for quota, all attempts
+	received time.Time      // when the request arrived
 	body     []byte         // the body to forward when Sluice changed it; nil: the client's
 	bodyBuf  []byte         // reused backing store of body
 }
 
-func (x *exchange) reset(p *Proxy, up *upstream, class int) {
-	x.p, x.up, x.class = p, up, class
+func (x *exchange) reset(p *Proxy, up *upstream, class int, received time.Time) {
+	x.p, x.up, x.class, x.received = p, up, class, received
 	x.scope, x.conn = nil, nil
 	x.parsed, x.est, x.charged = false, tokens.Request{}, 0
 	x.track, x.strip, x.body = false, false, nil
@@ -259,7 +261,7 @@ func (p *Proxy) admit(ctx *fasthttp.RequestCtx, x *exchange, path []byte, start 
 	ctx.Response.Header.SetBytesV(HeaderQueueWait, strconv.AppendInt(msBuf[:0], waited.Milliseconds(), 10))
 	if err != nil {
 		x.scope = nil
-		p.refuse(ctx, x, err, cost)
+		p.refuse(ctx, x, err, cost, false)
 		return false
 	}
 	x.up.metrics.Estimated(cost.Tokens)
@@ -276,12 +278,18 @@ func hasSuffix(b []byte, s string) bool {
 	return len(b) >= len(s) && string(b[len(b)-len(s):]) == s
 }
 
-// refuse answers a request that did not get its quota.
-func (p *Proxy) refuse(ctx *fasthttp.RequestCtx, x *exchange, err error, cost limiter.Cost) {
+// refuse answers a request that did not get its quota. A request that had
+// been accepted (it waited in the queue, or an earlier attempt was sent) is
+// dead-lettered when it runs out of time or Sluice stops; one refused at
+// admission is not: its caller was told at once.
+func (p *Proxy) refuse(ctx *fasthttp.RequestCtx, x *exchange, err error, cost limiter.Cost, retrying bool) {
 	var re *scheduler.RetryError
 	switch {
 	case errors.As(err, &re):
 		writeRetryError(ctx, retryErrors[classify(re.Err)], re.After)
+		if retrying || errors.Is(err, scheduler.ErrQueueTimeout) {
+			p.deadLetter(ctx, x, deadletter.QueueTimeout, 0, err.Error())
+		}
 	case errors.Is(err, scheduler.ErrTooLarge):
 		writeError(ctx, tooLarge(cost.Tokens))
 	case errors.Is(err, scheduler.ErrClientGone):
@@ -292,6 +300,7 @@ func (p *Proxy) refuse(ctx *fasthttp.RequestCtx, x *exchange, err error, cost li
 			slog.String("provider", x.up.name), slog.String("class", p.classes[x.class].Name))
 	case errors.Is(err, scheduler.ErrStopped):
 		writeError(ctx, errDraining)
+		p.deadLetter(ctx, x, deadletter.Shutdown, 0, "Sluice shut down before the request got its quota")
 	default:
 		writeError(ctx, errUpstream)
 		p.log.LogAttrs(context.Background(), slog.LevelError, "admitting request",

@@ -1,0 +1,145 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-ai/sluice/deadletter"
+	"github.com/sluice-ai/sluice/internal/upstreamtest"
+	"github.com/sluice-ai/sluice/limiter"
+)
+
+// deadLetterRig is a proxy recording dead letters in a JSON-lines file.
+func deadLetterRig(t *testing.T, pc Provider, classes []Class) (*testProxy, *deadletter.FileStore, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "deadletters.jsonl")
+	store, err := deadletter.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	px := mustStart(t, Settings{Providers: []Provider{pc}, Classes: classes, DeadLetters: store, RedactHeaders: []string{"X-Team-Token"}})
+	return px, store, path
+}
+
+// mustRecord returns the dead letter named by resp and checks the
+// response's marks.
+func mustRecord(t *testing.T, store *deadletter.FileStore, resp *http.Response, kind deadletter.Kind) deadletter.Record {
+	t.Helper()
+	id := resp.Header.Get(HeaderDeadletterID)
+	if id == "" || resp.Header.Get("X-Should-Retry") != "false" {
+		t.Fatalf("response lacks %s (%q) or x-should-retry false (%q)", HeaderDeadletterID, id, resp.Header.Get("X-Should-Retry"))
+	}
+	rec, err := store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatalf("Get(%s): %v", id, err)
+	}
+	if rec.ErrorKind != kind || rec.Provider != "openai" || rec.Method != "POST" || rec.Path != "/v1/chat/completions" || rec.Body != chatBody {
+		t.Errorf("record %+v: want kind %s for the client's POST /v1/chat/completions with its body", rec, kind)
+	}
+	return rec
+}
+
+func TestDeadLetterKinds(t *testing.T) {
+	secret := map[string]string{"Authorization": "Bearer sk-secret-123", "X-Team-Token": "team-secret-456", "Idempotency-Key": "job-7"}
+
+	t.Run("retries_exhausted", func(t *testing.T) {
+		s := newScript(t, answer(503, nil))
+		px, store, path := deadLetterRig(t, failingProvider(s.up.URL, 2), classNames("default"))
+		resp := post(t, client(t), px.URL+"/v1/chat/completions", chatBody, secret)
+		readAll(t, resp)
+		rec := mustRecord(t, store, resp, deadletter.RetriesExhausted)
+		if rec.Attempts != 2 || rec.LastStatus != 503 || rec.IdempotencyKey != "job-7" || rec.Class != "default" {
+			t.Errorf("record %+v: want 2 attempts, last status 503, the idempotency key and the class", rec)
+		}
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []string{"sk-secret-123", "team-secret-456"} {
+			if strings.Contains(string(raw), s) {
+				t.Errorf("the dead-letter file holds the secret %q", s)
+			}
+		}
+		if got := testutil.ToFloat64(mustCounter(t, px.reg, "sluice_deadletters_total", "provider", "openai", "reason", "retries_exhausted")); got != 1 {
+			t.Errorf("deadletters_total = %v, want 1", got)
+		}
+	})
+	t.Run("upstream_timeout", func(t *testing.T) {
+		s := newScript(t, func(ctx *fasthttp.RequestCtx) { time.Sleep(300 * time.Millisecond) }) // slower than the header timeout
+		pc := failingProvider(s.up.URL, 1)
+		pc.ResponseHeaderTimeout = 50 * time.Millisecond
+		px, store, _ := deadLetterRig(t, pc, classNames("default"))
+		resp := post(t, client(t), px.URL+"/v1/chat/completions", chatBody, nil)
+		readAll(t, resp)
+		mustRecord(t, store, resp, deadletter.UpstreamTimeout)
+	})
+	t.Run("queue_timeout", func(t *testing.T) {
+		up, release := heldUpstream(t)
+		classes := []Class{{Name: "default", MaxWait: 100 * time.Millisecond, MaxQueue: 10}}
+		pc := limitedProvider(up, limiter.Limits{MaxConcurrency: 1})
+		px, store, _ := deadLetterRig(t, pc, classes)
+		c := client(t)
+		first := make(chan *http.Response, 1)
+		go func() { first <- post(t, c, px.URL+"/v1/chat/completions", chatBody, nil) }()
+		waitForInflight(t, &release.held, 1)
+		resp := post(t, c, px.URL+"/v1/chat/completions", chatBody, nil)
+		readAll(t, resp)
+		mustRecord(t, store, resp, deadletter.QueueTimeout)
+		release.open()
+		readAll(t, <-first)
+	})
+	t.Run("breaker_open", func(t *testing.T) {
+		s := newScript(t, answer(503, nil))
+		pc := failingProvider(s.up.URL, 1)
+		pc.Breaker = Breaker{FailureThreshold: 1, OpenFor: time.Minute, HalfOpenRequests: 1}
+		px, store, _ := deadLetterRig(t, pc, classNames("default"))
+		c := client(t)
+		readAll(t, post(t, c, px.URL+"/v1/chat/completions", chatBody, nil)) // opens it
+		resp := post(t, c, px.URL+"/v1/chat/completions", chatBody, nil)
+		readAll(t, resp)
+		mustRecord(t, store, resp, deadletter.BreakerOpen)
+	})
+	t.Run("refused at admission is not dead-lettered", func(t *testing.T) {
+		s := newScript(t, answer(200, nil))
+		px, store, _ := deadLetterRig(t, failingProvider(s.up.URL, 1), classNames("default"))
+		resp := post(t, client(t), px.URL+"/v1/chat/completions", chatBody, map[string]string{"X-Priority": "nope"})
+		readAll(t, resp)
+		if resp.Header.Get(HeaderDeadletterID) != "" || store.Len() != 0 {
+			t.Errorf("a request refused with %d was dead-lettered", resp.StatusCode)
+		}
+	})
+}
+
+// gate holds the fake upstream's first request until opened.
+type gate struct {
+	held atomic.Int64
+	ch   chan struct{}
+	once sync.Once
+}
+
+func (g *gate) open() { g.once.Do(func() { close(g.ch) }) }
+
+// heldUpstream is a fake upstream whose first request waits for its gate.
+func heldUpstream(t *testing.T) (*upstreamtest.Server, *gate) {
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	g := &gate{ch: make(chan struct{})}
+	t.Cleanup(g.open)
+	up.Handle(func(ctx *fasthttp.RequestCtx) {
+		if g.held.Add(1) == 1 {
+			<-g.ch
+		}
+		up.Default(ctx)
+	})
+	return up, g
+}
