@@ -21,6 +21,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/deadletter"
+	"github.com/sluice-ai/sluice/internal/redistest"
 	"github.com/sluice-ai/sluice/internal/upstreamtest"
 )
 
@@ -447,5 +448,32 @@ func TestDeadLetterFile(t *testing.T) {
 	}
 	if rec.ErrorKind != deadletter.RetriesExhausted || rec.Attempts != 2 || rec.Headers["Authorization"] != deadletter.Redacted {
 		t.Errorf("record %+v: want retries_exhausted after 2 attempts with Authorization redacted", rec)
+	}
+}
+
+// TestDeadLetterRedis: in shared mode the record goes to the Redis stream.
+func TestDeadLetterRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	up.Handle(func(ctx *fasthttp.RequestCtx) { ctx.SetStatusCode(503) })
+	s := mustRun(t, testConfig(up.URL)+"    retry: {max_attempts: 1}\n"+
+		"redis:\n  url: "+srv.URL()+"\n"+
+		"deadletter:\n  stream: test:deadletters\n  file: "+filepath.Join(t.TempDir(), "spool.jsonl")+"\n")
+	resp, err := http.Post(s.URL+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"m","messages":[]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	id := resp.Header.Get("X-Sluice-Deadletter-Id")
+	if id == "" {
+		t.Fatalf("status %d without a dead letter", resp.StatusCode)
+	}
+	store := deadletter.NewRedisStore(srv.Client(t), "test:deadletters", 0, time.Second)
+	rec, err := store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatalf("record %s in Redis: %v", id, err)
+	}
+	if rec.ErrorKind != deadletter.RetriesExhausted || rec.LastStatus != 503 {
+		t.Errorf("record %+v: want retries_exhausted, last status 503", rec)
 	}
 }
