@@ -149,6 +149,7 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	adm.HandleDeadLetters(dl.store)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -192,7 +193,10 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 
 // deadLetters is the dead-letter store serve uses and what it must stop.
 type deadLetters struct {
-	store  proxy.DeadLetters
+	store interface {
+		proxy.DeadLetters
+		admin.DeadLetterStore
+	}
 	file   *deadletter.FileStore
 	redis  redis.UniversalClient
 	cancel context.CancelFunc // stops the spool's mover

@@ -436,6 +436,9 @@ func TestDeadLetterFile(t *testing.T) {
 	if resp.StatusCode != 503 || id == "" || resp.Header.Get("X-Should-Retry") != "false" {
 		t.Fatalf("status %d, dead letter %q, x-should-retry %q; want 503 with a dead letter", resp.StatusCode, id, resp.Header.Get("X-Should-Retry"))
 	}
+	if code, body := get(t, s.AdminURL+"/admin/deadletters/"+id); code != 200 || !strings.Contains(body, `"error_kind":"retries_exhausted"`) {
+		t.Errorf("admin show = %d %s", code, body)
+	}
 	s.stop(t)
 	store, err := deadletter.OpenFile(file)
 	if err != nil {
