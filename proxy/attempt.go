@@ -117,19 +117,16 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, path []byte) {
 				reason = "timeout"
 			}
 			if x.attempts < limit && !p.draining.Load() {
-				if p.again(ctx, x, reason, 0, false) {
+				if p.again(ctx, x, reason, false) {
 					continue
 				}
 				return
 			}
-			kind := deadletter.RetriesExhausted
-			if p.draining.Load() {
-				apiErr, kind = errDraining, deadletter.Shutdown
-			} else {
-				p.gaveUp(x, reason)
-				if timedOut {
-					kind = deadletter.UpstreamTimeout
-				}
+			kind := p.gaveUp(x, reason)
+			if kind == deadletter.Shutdown {
+				apiErr = errDraining
+			} else if timedOut {
+				kind = deadletter.UpstreamTimeout
 			}
 			writeError(ctx, apiErr)
 			ctx.Response.Header.Set(headerShouldRetry, "false")
@@ -161,15 +158,15 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, path []byte) {
 				_ = resp.CloseBodyStream() // not relayed: the connection is not reused
 			}
 			fasthttp.ReleaseResponse(resp)
-			if p.again(ctx, x, v.Reason, status, v.Kind == retry.RateLimited) {
+			if p.again(ctx, x, v.Reason, v.Kind == retry.RateLimited) {
 				continue
 			}
 			return
 		}
 		if retryable {
-			p.gaveUp(x, v.Reason)
 			// Recorded before respond hands x to the relay or finishes it.
-			p.deadLetter(ctx, x, deadletter.RetriesExhausted, status, "the upstream answered "+strconv.Itoa(status)+" ("+v.Reason+") on every attempt")
+			p.deadLetter(ctx, x, p.gaveUp(x, v.Reason), status,
+				"the upstream answered "+strconv.Itoa(status)+" ("+v.Reason+") on its last attempt")
 		}
 		p.respond(ctx, x, resp, status, body, sent)
 		if retryable {
@@ -185,7 +182,6 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, path []byte) {
 func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, status int, body []byte, sent time.Time) {
 	ctx.SetStatusCode(status)
 	copyResponseHeaders(&ctx.Response.Header, &resp.Header)
-	setAttempts(ctx, x.attempts)
 	if resp.BodyStream() == nil {
 		// Read whole (or no body at all): nothing outlives the handler.
 		ctx.Response.SetBody(body)
@@ -207,9 +203,16 @@ func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 	ctx.Response.SetBodyStream(newRelay(x, resp, sent), size)
 }
 
-func setAttempts(ctx *fasthttp.RequestCtx, n int) {
+func setAttempts(ctx *fasthttp.RequestCtx, n int) { setInt(ctx, HeaderAttempts, int64(n)) }
+
+func setQueueWait(ctx *fasthttp.RequestCtx, d time.Duration) {
+	setInt(ctx, HeaderQueueWait, d.Milliseconds())
+}
+
+// setInt sets a response header to a decimal number without allocating.
+func setInt(ctx *fasthttp.RequestCtx, name string, n int64) {
 	var buf [20]byte
-	ctx.Response.Header.SetBytesV(HeaderAttempts, strconv.AppendInt(buf[:0], int64(n), 10))
+	ctx.Response.Header.SetBytesV(name, strconv.AppendInt(buf[:0], n, 10))
 }
 
 // again prepares the next attempt after a failed one: it settles what the
@@ -217,7 +220,7 @@ func setAttempts(ctx *fasthttp.RequestCtx, n int) {
 // failure (a rate limit's wait is the scope's pause, which the quota
 // enforces for every request), and queues the request again at its
 // priority and age. It reports false when it answered the client instead.
-func (p *Proxy) again(ctx *fasthttp.RequestCtx, x *exchange, reason string, status int, rateLimited bool) bool {
+func (p *Proxy) again(ctx *fasthttp.RequestCtx, x *exchange, reason string, rateLimited bool) bool {
 	up := x.up
 	up.metrics.Retry(reason)
 	// The failed attempt keeps its request charge; of its tokens only the
@@ -228,7 +231,7 @@ func (p *Proxy) again(ctx *fasthttp.RequestCtx, x *exchange, reason string, stat
 		if rateLimited {
 			keep = 0
 		}
-		delta.Tokens = keep - x.charged
+		delta.Tokens = keep - x.ticket.Cost.Tokens
 	}
 	x.scope.sched.Finish(context.Background(), &x.ticket, delta)
 
@@ -250,8 +253,7 @@ func (p *Proxy) again(ctx *fasthttp.RequestCtx, x *exchange, reason string, stat
 	x.ticket.Deadline = now.Add(p.classes[x.class].MaxWait)
 	waited, err := x.scope.sched.Acquire(context.Background(), &x.ticket, now)
 	x.waited += waited
-	var msBuf [20]byte
-	ctx.Response.Header.SetBytesV(HeaderQueueWait, strconv.AppendInt(msBuf[:0], x.waited.Milliseconds(), 10))
+	setQueueWait(ctx, x.waited)
 	up.metrics.QueueWait(x.class, waited)
 	if err != nil {
 		x.scope = nil // nothing held
@@ -262,16 +264,19 @@ func (p *Proxy) again(ctx *fasthttp.RequestCtx, x *exchange, reason string, stat
 	return true
 }
 
-// ErrorKindRetriesExhausted is the error kind of a request Sluice stopped
-// retrying; the dead-letter store keys its records by such kinds.
-const ErrorKindRetriesExhausted = "retries_exhausted"
-
-// gaveUp records a request whose attempts are used up.
-func (p *Proxy) gaveUp(x *exchange, reason string) {
+// gaveUp logs a request Sluice stops retrying and returns its dead-letter
+// kind: retries_exhausted when its attempts are used up, shutdown when
+// Sluice is draining and retries no more.
+func (p *Proxy) gaveUp(x *exchange, reason string) deadletter.Kind {
+	kind := deadletter.RetriesExhausted
+	if p.draining.Load() {
+		kind = deadletter.Shutdown
+	}
 	p.log.LogAttrs(context.Background(), slog.LevelWarn, "giving up on request",
 		slog.String("provider", x.up.name), slog.String("class", p.classes[x.class].Name),
-		slog.String("error_kind", ErrorKindRetriesExhausted), slog.String("reason", reason),
+		slog.String("error_kind", string(kind)), slog.String("reason", reason),
 		slog.Int("attempts", x.attempts))
+	return kind
 }
 
 // pause stops the request's scope for as long as the provider asked (or a

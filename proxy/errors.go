@@ -101,8 +101,7 @@ func tooLarge(tokens int64) *apiError {
 func writeRetryError(ctx *fasthttp.RequestCtx, e *apiError, after time.Duration) {
 	writeError(ctx, e)
 	secs := int64((after + time.Second - 1) / time.Second)
-	var buf [20]byte
-	ctx.Response.Header.SetBytesV(fasthttp.HeaderRetryAfter, strconv.AppendInt(buf[:0], max(1, secs), 10))
+	setInt(ctx, fasthttp.HeaderRetryAfter, max(1, secs))
 }
 
 // writeError is the one place that renders Sluice's own errors.

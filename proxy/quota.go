@@ -1,12 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -27,7 +27,6 @@ type quota struct {
 	models   map[string]*scope // by model name
 	scopes   []*scope          // all of the above, for dispatchers and status
 	parse    bool              // bodies must be read: tokens are counted or models told apart
-	classes  int
 }
 
 // scope is one quota scope with its dispatcher.
@@ -42,7 +41,7 @@ type scope struct {
 
 // newQuota builds the scopes of provider pc.
 func newQuota(pc Provider, classes []Class, lim *limiter.Local, log *slog.Logger) (*quota, error) {
-	q := &quota{models: make(map[string]*scope), classes: len(classes)}
+	q := &quota{models: make(map[string]*scope)}
 	// Without limits the provider's bucket admits everything, except while
 	// the provider has asked for a pause.
 	providerBucket, err := lim.NewBucket(pc.Name, pc.Limits)
@@ -172,7 +171,6 @@ type exchange struct {
 
 	parsed   bool           // est holds the parsed body
 	est      tokens.Request // the body's estimate
-	charged  int64          // tokens charged up front
 	track    bool           // reconcile tokens with the usage
 	strip    bool           // the client did not ask for the usage chunk Sluice asked for
 	attempts int            // upstream attempts so far
@@ -185,7 +183,7 @@ type exchange struct {
 func (x *exchange) reset(p *Proxy, up *upstream, class int, received time.Time) {
 	x.p, x.up, x.class, x.received = p, up, class, received
 	x.scope, x.conn = nil, nil
-	x.parsed, x.est, x.charged = false, tokens.Request{}, 0
+	x.parsed, x.est = false, tokens.Request{}
 	x.track, x.strip, x.body = false, false, nil
 	x.attempts, x.waited = 0, 0
 	// The ticket keeps its channel and timer for reuse; admit sets the rest.
@@ -231,7 +229,7 @@ func (p *Proxy) admit(ctx *fasthttp.RequestCtx, x *exchange, path []byte, start 
 		}
 		x.parsed, x.est = true, est
 		sc = q.scopeFor(est.Model)
-		if sc != nil && sc.tokens {
+		if sc.tokens {
 			output := est.MaxOutput
 			if output == 0 {
 				output = sc.defaultMaxTokens
@@ -247,7 +245,6 @@ func (p *Proxy) admit(ctx *fasthttp.RequestCtx, x *exchange, path []byte, start 
 		}
 	}
 	x.scope = sc
-	x.charged = cost.Tokens
 	x.conn = ctx.Conn()
 	x.ticket.Class = x.class
 	x.ticket.Cost = cost
@@ -257,8 +254,7 @@ func (p *Proxy) admit(ctx *fasthttp.RequestCtx, x *exchange, path []byte, start 
 	waited, err := sc.sched.Acquire(context.Background(), &x.ticket, start)
 	x.waited = waited
 	x.up.metrics.QueueWait(x.class, waited)
-	var msBuf [20]byte
-	ctx.Response.Header.SetBytesV(HeaderQueueWait, strconv.AppendInt(msBuf[:0], waited.Milliseconds(), 10))
+	setQueueWait(ctx, waited)
 	if err != nil {
 		x.scope = nil
 		p.refuse(ctx, x, err, cost, false)
@@ -269,13 +265,10 @@ func (p *Proxy) admit(ctx *fasthttp.RequestCtx, x *exchange, path []byte, start 
 }
 
 // wantsUsageOption reports whether path is an OpenAI endpoint that streams
-// usage only when asked to with stream_options.include_usage.
+// usage only when asked to with stream_options.include_usage:
+// .../chat/completions and the legacy .../completions.
 func wantsUsageOption(path []byte) bool {
-	return hasSuffix(path, "/chat/completions") || hasSuffix(path, "/completions")
-}
-
-func hasSuffix(b []byte, s string) bool {
-	return len(b) >= len(s) && string(b[len(b)-len(s):]) == s
+	return bytes.HasSuffix(path, []byte("/completions"))
 }
 
 // refuse answers a request that did not get its quota. A request that had
@@ -337,7 +330,8 @@ func (x *exchange) finish(status int, u tokens.Usage, haveUsage bool, streamed i
 	if sc := x.scope; sc != nil {
 		var delta int64
 		if x.track {
-			actual := x.charged
+			charged := x.ticket.Cost.Tokens
+			actual := charged
 			switch {
 			case haveUsage:
 				actual = u.Prompt + u.Completion
@@ -349,7 +343,7 @@ func (x *exchange) finish(status int, u tokens.Usage, haveUsage bool, streamed i
 				actual = x.est.Prompt + streamed
 				x.up.metrics.Used(0, streamed)
 			}
-			delta = actual - x.charged
+			delta = actual - charged
 		}
 		sc.sched.Finish(context.Background(), &x.ticket, limiter.Cost{Tokens: delta})
 	}
