@@ -288,7 +288,7 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	if px.Status()[0].Breaker != "open" {
 		t.Errorf("status breaker = %q, want open", px.Status()[0].Breaker)
 	}
-	if got := gaugeValue(t, px, "sluice_breaker_state"); got != 2 {
+	if got := metricSum(t, px.reg, "sluice_breaker_state", "provider", "openai"); got != 2 {
 		t.Errorf("sluice_breaker_state = %v, want 2 (open)", got)
 	}
 
@@ -361,24 +361,6 @@ func TestStreamRetriedOnlyBeforeFirstByte(t *testing.T) {
 	})
 }
 
-// gaugeValue returns the value of the gauge name for provider openai.
-func gaugeValue(tb testing.TB, px *testProxy, name string) float64 {
-	tb.Helper()
-	families, err := px.reg.Gather()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() == name {
-			for _, m := range f.GetMetric() {
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	tb.Fatalf("no gauge %s", name)
-	return 0
-}
-
 func TestHostilePauseCapped(t *testing.T) {
 	var s *script
 	s = newScript(t, answer(429, map[string]string{"Retry-After": "99999999"}), func(ctx *fasthttp.RequestCtx) { s.up.Default(ctx) })
@@ -439,7 +421,7 @@ func TestShutdownEndsBackoff(t *testing.T) {
 	}()
 	// The retry is counted just before its backoff starts.
 	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(mustCounterOrZero(t, reg, "sluice_retries_total")) == 0 {
+	for metricSum(t, reg, "sluice_retries_total") == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the first attempt never failed into a backoff")
 		}
@@ -465,23 +447,4 @@ func TestShutdownEndsBackoff(t *testing.T) {
 	if n := len(s.times()); n != 1 {
 		t.Errorf("upstream saw %d attempts, want 1", n)
 	}
-}
-
-// mustCounterOrZero sums every series of the counter name (zero before the
-// first one exists).
-func mustCounterOrZero(tb testing.TB, g prometheus.Gatherer, name string) prometheus.Collector {
-	tb.Helper()
-	families, err := g.Gather()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() == name {
-			for _, m := range f.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x", Help: "x"}, func() float64 { return sum })
 }

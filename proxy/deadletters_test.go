@@ -6,8 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,7 +13,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/deadletter"
-	"github.com/sluice-ai/sluice/internal/upstreamtest"
 	"github.com/sluice-ai/sluice/limiter"
 )
 
@@ -85,18 +82,18 @@ func TestDeadLetterKinds(t *testing.T) {
 		mustRecord(t, store, resp, deadletter.UpstreamTimeout)
 	})
 	t.Run("queue_timeout", func(t *testing.T) {
-		up, release := heldUpstream(t)
+		up, g := heldUpstream(t)
 		classes := []Class{{Name: "default", MaxWait: 100 * time.Millisecond, MaxQueue: 10}}
 		pc := limitedProvider(up, limiter.Limits{MaxConcurrency: 1})
 		px, store, _ := deadLetterRig(t, pc, classes)
 		c := client(t)
 		first := make(chan *http.Response, 1)
 		go func() { first <- post(t, c, px.URL+"/v1/chat/completions", chatBody, nil) }()
-		waitForInflight(t, &release.held, 1)
+		waitForInflight(t, &g.held, 1)
 		resp := post(t, c, px.URL+"/v1/chat/completions", chatBody, nil)
 		readAll(t, resp)
 		mustRecord(t, store, resp, deadletter.QueueTimeout)
-		release.open()
+		g.open()
 		readAll(t, <-first)
 	})
 	t.Run("breaker_open", func(t *testing.T) {
@@ -119,27 +116,4 @@ func TestDeadLetterKinds(t *testing.T) {
 			t.Errorf("a request refused with %d was dead-lettered", resp.StatusCode)
 		}
 	})
-}
-
-// gate holds the fake upstream's first request until opened.
-type gate struct {
-	held atomic.Int64
-	ch   chan struct{}
-	once sync.Once
-}
-
-func (g *gate) open() { g.once.Do(func() { close(g.ch) }) }
-
-// heldUpstream is a fake upstream whose first request waits for its gate.
-func heldUpstream(t *testing.T) (*upstreamtest.Server, *gate) {
-	up := upstreamtest.New(t, upstreamtest.Options{})
-	g := &gate{ch: make(chan struct{})}
-	t.Cleanup(g.open)
-	up.Handle(func(ctx *fasthttp.RequestCtx) {
-		if g.held.Add(1) == 1 {
-			<-g.ch
-		}
-		up.Default(ctx)
-	})
-	return up, g
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/internal/upstreamtest"
@@ -555,10 +556,24 @@ sluice_inflight_requests{provider="openai"} 0
 // given name/value pairs.
 func mustCounter(tb testing.TB, g prometheus.Gatherer, name string, labels ...string) prometheus.Collector {
 	tb.Helper()
+	ms := matching(tb, g, name, labels...)
+	if len(ms) == 0 {
+		tb.Fatalf("no series %s%v", name, labels)
+	}
+	m := ms[0]
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x", Help: "x"},
+		func() float64 { return m.GetCounter().GetValue() })
+}
+
+// matching gathers the series of metric name whose labels include the
+// given name/value pairs.
+func matching(tb testing.TB, g prometheus.Gatherer, name string, labels ...string) []*dto.Metric {
+	tb.Helper()
 	families, err := g.Gather()
 	if err != nil {
 		tb.Fatal(err)
 	}
+	var out []*dto.Metric
 	for _, f := range families {
 		if f.GetName() != name {
 			continue
@@ -574,12 +589,10 @@ func mustCounter(tb testing.TB, g prometheus.Gatherer, name string, labels ...st
 					continue series
 				}
 			}
-			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x", Help: "x"},
-				func() float64 { return m.GetCounter().GetValue() })
+			out = append(out, m)
 		}
 	}
-	tb.Fatalf("no series %s%v", name, labels)
-	return nil
+	return out
 }
 
 // streamInFlight starts a proxy that is not stopped at cleanup, opens a

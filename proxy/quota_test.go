@@ -402,15 +402,7 @@ func TestQuotaErrors(t *testing.T) {
 }
 
 func TestQueueFullAndTimeout(t *testing.T) {
-	up := upstreamtest.New(t, upstreamtest.Options{})
-	release := make(chan struct{})
-	var held atomic.Int64
-	up.Handle(func(ctx *fasthttp.RequestCtx) {
-		held.Add(1)
-		<-release
-		up.Default(ctx)
-	})
-	defer close(release)
+	up, g := heldUpstream(t)
 	classes := []Class{{Name: "default", MaxWait: 200 * time.Millisecond, MaxQueue: 1}}
 	px := mustStart(t, Settings{Providers: []Provider{limitedProvider(up, limiter.Limits{MaxConcurrency: 1})}, Classes: classes})
 	c := client(t)
@@ -419,7 +411,7 @@ func TestQueueFullAndTimeout(t *testing.T) {
 	first := make(chan *http.Response, 1)
 	go func() { first <- post(t, c, url, chatBody, nil) }()
 	queued := make(chan *http.Response, 1)
-	waitForInflight(t, &held, 1)
+	waitForInflight(t, &g.held, 1)
 	go func() { queued <- post(t, c, url, chatBody, nil) }()
 	waitForQueued(t, px, "default", 1)
 
@@ -436,7 +428,7 @@ func TestQueueFullAndTimeout(t *testing.T) {
 	if w, _ := strconv.Atoi(resp.Header.Get(HeaderQueueWait)); w < 200 {
 		t.Errorf("queued request waited %dms, want at least its 200ms max wait", w)
 	}
-	release <- struct{}{}
+	g.open()
 	readAll(t, <-first)
 }
 
@@ -452,25 +444,14 @@ func waitForInflight(tb testing.TB, n *atomic.Int64, want int64) {
 }
 
 func TestClientGoneWhileQueued(t *testing.T) {
-	up := upstreamtest.New(t, upstreamtest.Options{})
-	release := make(chan struct{})
-	var releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
-	var held atomic.Int64
-	up.Handle(func(ctx *fasthttp.RequestCtx) {
-		if held.Add(1) == 1 {
-			<-release
-		}
-		up.Default(ctx)
-	})
+	up, g := heldUpstream(t)
 	px := mustStart(t, Settings{Providers: []Provider{limitedProvider(up, limiter.Limits{MaxConcurrency: 1})}, Classes: classNames("default")})
 	c := client(t)
 	url := px.URL + "/v1/chat/completions"
 
 	first := make(chan *http.Response, 1)
 	go func() { first <- post(t, c, url, chatBody, nil) }()
-	waitForInflight(t, &held, 1)
+	waitForInflight(t, &g.held, 1)
 
 	// A raw client queues a request and hangs up.
 	conn, err := net.Dial("tcp", px.Addr)
@@ -486,14 +467,14 @@ func TestClientGoneWhileQueued(t *testing.T) {
 	second := make(chan *http.Response, 1)
 	go func() { second <- post(t, c, url, chatBody, nil) }()
 	deadline := time.Now().Add(10 * time.Second)
-	for answered(t, px, "499") != 1 {
+	for metricSum(t, px.reg, "sluice_requests_total", "code", "499") != 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("the abandoned request was not noticed")
 		}
 		time.Sleep(time.Millisecond)
 	}
 
-	unblock()
+	g.open()
 	readAll(t, <-first)
 	resp := <-second
 	readAll(t, resp)
@@ -505,27 +486,39 @@ func TestClientGoneWhileQueued(t *testing.T) {
 	}
 }
 
-// answered returns how many requests were answered with code.
-func answered(tb testing.TB, px *testProxy, code string) float64 {
+// metricSum sums every series of the counter or gauge name whose labels
+// include the given name/value pairs; zero when there is none yet.
+func metricSum(tb testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
 	tb.Helper()
-	families, err := px.reg.Gather()
-	if err != nil {
-		tb.Fatal(err)
+	var sum float64
+	for _, m := range matching(tb, g, name, labels...) {
+		sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 	}
-	var n float64
-	for _, f := range families {
-		if f.GetName() != "sluice_requests_total" {
-			continue
+	return sum
+}
+
+// gate holds the fake upstream's first request until opened.
+type gate struct {
+	held atomic.Int64 // requests that reached the upstream
+	ch   chan struct{}
+	once sync.Once
+}
+
+func (g *gate) open() { g.once.Do(func() { close(g.ch) }) }
+
+// heldUpstream is a fake upstream whose first request waits for its gate;
+// the gate opens at cleanup at the latest.
+func heldUpstream(t *testing.T) (*upstreamtest.Server, *gate) {
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	g := &gate{ch: make(chan struct{})}
+	t.Cleanup(g.open)
+	up.Handle(func(ctx *fasthttp.RequestCtx) {
+		if g.held.Add(1) == 1 {
+			<-g.ch
 		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "code" && l.GetValue() == code {
-					n += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return n
+		up.Default(ctx)
+	})
+	return up, g
 }
 
 func TestRouteDefaultClass(t *testing.T) {
@@ -553,18 +546,7 @@ func TestRouteDefaultClass(t *testing.T) {
 }
 
 func TestModelQuota(t *testing.T) {
-	up := upstreamtest.New(t, upstreamtest.Options{})
-	release := make(chan struct{})
-	var releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
-	var held atomic.Int64
-	up.Handle(func(ctx *fasthttp.RequestCtx) {
-		if strings.Contains(string(ctx.PostBody()), `"gpt-4o"`) && held.Add(1) == 1 {
-			<-release
-		}
-		up.Default(ctx)
-	})
+	up, g := heldUpstream(t) // holds the first gpt-4o request
 	// Only gpt-4o is limited: one in flight.
 	pc := defaultProvider(up.URL)
 	pc.Models = []Model{{Name: "gpt-4o", Limits: limiter.Limits{MaxConcurrency: 1}}}
@@ -575,7 +557,7 @@ func TestModelQuota(t *testing.T) {
 
 	first := make(chan *http.Response, 1)
 	go func() { first <- post(t, c, url, big, nil) }()
-	waitForInflight(t, &held, 1)
+	waitForInflight(t, &g.held, 1)
 	second := make(chan *http.Response, 1)
 	go func() { second <- post(t, c, url, big, nil) }()
 	waitForQueued(t, px, "default", 1)
@@ -586,7 +568,7 @@ func TestModelQuota(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get(HeaderQueueWait) != "0" {
 		t.Errorf("gpt-4o-mini: status %d, waited %sms; want 200 at once", resp.StatusCode, resp.Header.Get(HeaderQueueWait))
 	}
-	unblock()
+	g.open()
 	for _, ch := range []chan *http.Response{first, second} {
 		r := <-ch
 		readAll(t, r)
@@ -629,14 +611,7 @@ func TestCutStreamChargedWhatStreamed(t *testing.T) {
 // TestShutdownAnswersQueued: requests still waiting for quota when the
 // grace period ends are answered 503, not dropped.
 func TestShutdownAnswersQueued(t *testing.T) {
-	up := upstreamtest.New(t, upstreamtest.Options{})
-	release := make(chan struct{})
-	var held atomic.Int64
-	up.Handle(func(ctx *fasthttp.RequestCtx) {
-		held.Add(1)
-		<-release
-		up.Default(ctx)
-	})
+	up, g := heldUpstream(t)
 	p, err := New(Settings{Providers: []Provider{limitedProvider(up, limiter.Limits{MaxConcurrency: 1})}, Classes: classNames("default")},
 		metrics.New(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -652,7 +627,7 @@ func TestShutdownAnswersQueued(t *testing.T) {
 	c := client(t)
 	first := make(chan *http.Response, 1)
 	go func() { first <- post(t, c, url, chatBody, nil) }()
-	waitForInflight(t, &held, 1)
+	waitForInflight(t, &g.held, 1)
 	queued := make(chan *http.Response, 1)
 	go func() { queued <- post(t, c, url, chatBody, nil) }()
 	waitForQueued(t, &testProxy{Proxy: p}, "default", 1)
@@ -666,7 +641,7 @@ func TestShutdownAnswersQueued(t *testing.T) {
 	if resp.StatusCode != 503 || apiErrorCode(t, body) != "shutting_down" {
 		t.Errorf("queued request at shutdown: %d %s, want 503 shutting_down", resp.StatusCode, body)
 	}
-	close(release)
+	g.open()
 	if r := <-first; r != nil {
 		readAll(t, r)
 	}
