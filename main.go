@@ -136,6 +136,9 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 		return err
 	}
 	defer dl.close(log)
+	if dl.spool != nil {
+		m.SpoolDepth(func() float64 { return float64(dl.spool.Depth()) })
+	}
 	ps.DeadLetters = dl.store
 	px, err := proxy.New(ps, m, log)
 	if err != nil {
@@ -149,7 +152,7 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	adm.HandleDeadLetters(dl.store)
+	adm.HandleDeadLetters(dl.store, deadletter.NewReplayer(dl.store, px, m.Replayed))
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -196,8 +199,10 @@ type deadLetters struct {
 	store interface {
 		proxy.DeadLetters
 		admin.DeadLetterStore
+		deadletter.ReplayStore
 	}
 	file   *deadletter.FileStore
+	spool  *deadletter.Spool // nil in single-replica mode
 	redis  redis.UniversalClient
 	cancel context.CancelFunc // stops the spool's mover
 	done   chan struct{}
@@ -225,7 +230,7 @@ func openDeadLetters(cfg *config.Config, log *slog.Logger) (*deadLetters, error)
 	}
 	spool := deadletter.NewSpool(deadletter.NewRedisStore(rc, cfg.DeadLetter.Stream, cfg.DeadLetter.MaxLen, cfg.Redis.CommandTimeout), file, log)
 	ctx, cancel := context.WithCancel(context.Background())
-	dl.store, dl.redis, dl.cancel, dl.done = spool, rc, cancel, make(chan struct{})
+	dl.store, dl.spool, dl.redis, dl.cancel, dl.done = spool, spool, rc, cancel, make(chan struct{})
 	go func() {
 		defer close(dl.done)
 		if err := spool.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {

@@ -38,7 +38,7 @@ func TestDeadLetterRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.HandleDeadLetters(store)
+	s.HandleDeadLetters(store, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -41,6 +41,9 @@ const (
 	UpstreamTimeout Kind = "upstream_timeout"
 	// Shutdown means Sluice drained and the grace period ended first.
 	Shutdown Kind = "shutdown"
+	// StreamCut means the upstream broke a streamed response off after
+	// part of it had reached the client, which therefore cannot be retried.
+	StreamCut Kind = "stream_cut"
 )
 
 // ErrNotFound is returned (possibly wrapped) when no record has the given id.

@@ -49,6 +49,7 @@ type Metrics struct {
 	pauses           *prometheus.CounterVec
 	breakerState     *prometheus.GaugeVec
 	deadLetters      *prometheus.CounterVec
+	replays          *prometheus.CounterVec
 	reg              prometheus.Registerer
 }
 
@@ -99,11 +100,31 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "sluice_deadletters_total",
 			Help: "Requests Sluice accepted but could not deliver, recorded as dead letters, by provider and error kind.",
 		}, []string{"provider", "reason"}),
+		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_deadletter_replays_total",
+			Help: "Dead letters replayed, by provider and outcome: delivered, failed (sent and failed again) or refused (nothing sent).",
+		}, []string{"provider", "outcome"}),
 		reg: reg,
 	}
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamRequests, m.upstreamDuration, m.queueWait, m.tokens,
-		m.retries, m.pauses, m.breakerState, m.deadLetters)
+		m.retries, m.pauses, m.breakerState, m.deadLetters, m.replays)
 	return m
+}
+
+// Replayed counts one dead-letter replay of provider with its outcome
+// (delivered, failed or refused). Replays are rare: the labels are
+// resolved per call.
+func (m *Metrics) Replayed(provider, outcome string) {
+	m.replays.WithLabelValues(provider, outcome).Inc()
+}
+
+// SpoolDepth reports, at scrape time, the dead letters waiting in the local
+// spool file for Redis to come back.
+func (m *Metrics) SpoolDepth(depth func() float64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_deadletter_spool_depth",
+		Help: "Dead letters spooled to the local file while Redis is unreachable, waiting to be moved to the stream.",
+	}, depth))
 }
 
 // Provider returns the pre-resolved collectors of one provider. classes are

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"strconv"
 	"time"
 
@@ -200,7 +202,7 @@ func (p *Proxy) respond(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 	if size < 0 || x.strip {
 		size = -1 // chunked, until close, or shortened: relay chunk by chunk
 	}
-	ctx.Response.SetBodyStream(newRelay(x, resp, sent), size)
+	ctx.Response.SetBodyStream(newRelay(ctx, x, resp, sent), size)
 }
 
 func setAttempts(ctx *fasthttp.RequestCtx, n int) { setInt(ctx, HeaderAttempts, int64(n)) }
@@ -277,6 +279,26 @@ func (p *Proxy) gaveUp(x *exchange, reason string) deadletter.Kind {
 		slog.String("error_kind", string(kind)), slog.String("reason", reason),
 		slog.Int("attempts", x.attempts))
 	return kind
+}
+
+// streamCut dead-letters a response stream that broke off after it began:
+// shutdown when Sluice cut it while draining, upstream_timeout when the
+// upstream stalled past the idle or total timeout, stream_cut otherwise.
+// The response headers have gone, so the record's id is logged instead,
+// with the request id the client did get.
+func (p *Proxy) streamCut(ctx *fasthttp.RequestCtx, x *exchange, status int, err error) {
+	kind := deadletter.StreamCut
+	var ne net.Error
+	switch {
+	case p.draining.Load():
+		kind = deadletter.Shutdown
+	case errors.As(err, &ne) && ne.Timeout():
+		kind = deadletter.UpstreamTimeout
+	}
+	id := p.deadLetter(ctx, x, kind, status, "the response stream broke off after it began: "+err.Error())
+	p.log.LogAttrs(context.Background(), slog.LevelWarn, "response stream broke off",
+		slog.String("provider", x.up.name), slog.String("error_kind", string(kind)), slog.String("error", err.Error()),
+		slog.String("request_id", string(ctx.Response.Header.Peek(HeaderRequestID))), slog.String("deadletter_id", id))
 }
 
 // pause stops the request's scope for as long as the provider asked (or a

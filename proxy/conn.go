@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -79,9 +81,22 @@ type trackedConn struct {
 	d     *dialer
 	laddr connAddr
 	once  sync.Once
+	ended atomic.Bool // a read met the end of the stream: the peer closed
 }
 
 func (c *trackedConn) LocalAddr() net.Addr { return &c.laddr }
+
+// Read notes when the peer closes the connection. fasthttp reports a
+// chunked body cut off at a chunk boundary as a clean io.EOF, the same as
+// one that ended with its last chunk; the relay tells them apart by
+// whether the connection ended under it.
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err == io.EOF {
+		c.ended.Store(true)
+	}
+	return n, err
+}
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() {

@@ -25,9 +25,19 @@ type DeadLetters interface {
 // response. It runs only on failure paths, so it may allocate. The client's
 // original body and path are kept (not the body Sluice changed), headers
 // are redacted, and secrets are scrubbed from msg.
-func (p *Proxy) deadLetter(ctx *fasthttp.RequestCtx, x *exchange, kind deadletter.Kind, lastStatus int, msg string) {
+//
+// A replay that fails again adds no record: the replayer marks the one it
+// came from, whose id the response carries.
+//
+// It returns the record's id, "" when none was stored.
+func (p *Proxy) deadLetter(ctx *fasthttp.RequestCtx, x *exchange, kind deadletter.Kind, lastStatus int, msg string) string {
 	if p.deadLetters == nil {
-		return
+		return ""
+	}
+	if id, ok := ctx.UserValue(replayOf{}).(string); ok {
+		ctx.Response.Header.Set(HeaderDeadletterID, id)
+		ctx.Response.Header.Set(headerShouldRetry, "false")
+		return id
 	}
 	now := time.Now()
 	rec := deadletter.Record{
@@ -55,9 +65,10 @@ func (p *Proxy) deadLetter(ctx *fasthttp.RequestCtx, x *exchange, kind deadlette
 		// The client is still answered; the operator must hear of it.
 		p.log.LogAttrs(context.Background(), slog.LevelError, "dead letter not stored",
 			slog.String("provider", x.up.name), slog.String("error_kind", string(kind)), slog.String("error", err.Error()))
-		return
+		return ""
 	}
 	x.up.metrics.DeadLettered(string(kind))
 	ctx.Response.Header.Set(HeaderDeadletterID, rec.ID)
 	ctx.Response.Header.Set(headerShouldRetry, "false")
+	return rec.ID
 }

@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/deadletter"
+	"github.com/sluice-ai/sluice/internal/upstreamtest"
 	"github.com/sluice-ai/sluice/limiter"
 )
 
@@ -27,6 +31,36 @@ func deadLetterRig(t *testing.T, pc Provider, classes []Class) (*testProxy, *dea
 	t.Cleanup(func() { store.Close() })
 	px := mustStart(t, Settings{Providers: []Provider{pc}, Classes: classes, DeadLetters: store, RedactHeaders: []string{"X-Team-Token"}})
 	return px, store, path
+}
+
+const streamBody = `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+
+// cutStream answers with the start of an event stream and then drops the
+// connection, as a provider whose backend died mid-generation does.
+func cutStream(ctx *fasthttp.RequestCtx) {
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			"d\r\ndata: first\n\n\r\n"))
+	})
+}
+
+// waitForRecords waits until store holds n records (a cut stream's record
+// is written after its client saw the cut) and returns them.
+func waitForRecords(t *testing.T, store *deadletter.FileStore, n int) []deadletter.Record {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for store.Len() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d dead letters after 10s, want %d", store.Len(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	recs, _, err := store.List(context.Background(), deadletter.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
 }
 
 // mustRecord returns the dead letter named by resp and checks the
@@ -106,6 +140,62 @@ func TestDeadLetterKinds(t *testing.T) {
 		resp := post(t, c, px.URL+"/v1/chat/completions", chatBody, nil)
 		readAll(t, resp)
 		mustRecord(t, store, resp, deadletter.BreakerOpen)
+	})
+	t.Run("stream_cut", func(t *testing.T) {
+		up := upstreamtest.New(t, upstreamtest.Options{})
+		up.Handle(cutStream)
+		px, store, _ := deadLetterRig(t, failingProvider(up.URL, 3), classNames("default"))
+		resp := post(t, client(t), px.URL+"/v1/chat/completions", streamBody, nil)
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil || !strings.Contains(string(got), "first") {
+			t.Fatalf("client read %q, %v; want the first event, then an error for the cut", got, err)
+		}
+		recs := waitForRecords(t, store, 1)
+		if r := recs[0]; r.ErrorKind != deadletter.StreamCut || r.LastStatus != 200 || r.Body != streamBody || r.Attempts != 1 {
+			t.Errorf("record %+v: want stream_cut of the one attempt, last status 200, with the body", r)
+		}
+		if up.Count() != 1 {
+			t.Errorf("upstream saw %d attempts: a stream that began must not be retried", up.Count())
+		}
+	})
+	t.Run("client leaving mid-stream is not dead-lettered", func(t *testing.T) {
+		up := upstreamtest.New(t, upstreamtest.Options{})
+		release := make(chan struct{})
+		up.Handle(func(ctx *fasthttp.RequestCtx) {
+			ctx.SetContentType("text/event-stream")
+			ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+				tick := time.NewTicker(5 * time.Millisecond) // events keep coming until the proxy stops reading
+				defer tick.Stop()
+				for {
+					w.WriteString("data: more\n\n")
+					if w.Flush() != nil {
+						return
+					}
+					select {
+					case <-tick.C:
+					case <-release:
+						return
+					}
+				}
+			})
+		})
+		t.Cleanup(func() { close(release) })
+		px, store, _ := deadLetterRig(t, failingProvider(up.URL, 1), classNames("default"))
+		resp := post(t, client(t), px.URL+"/v1/chat/completions", streamBody, nil)
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		for deadline := time.Now().Add(10 * time.Second); px.upstreams[0].inflight.Load() != 0; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the stream the client left is still in flight after 10s")
+			}
+		}
+		if store.Len() != 0 {
+			t.Errorf("a stream the client left was dead-lettered")
+		}
 	})
 	t.Run("refused at admission is not dead-lettered", func(t *testing.T) {
 		s := newScript(t, answer(200, nil))

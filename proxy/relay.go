@@ -21,12 +21,15 @@ import (
 // not, it also removes that chunk, which means holding back an incomplete
 // event until its end arrives.
 type relay struct {
+	ctx      *fasthttp.RequestCtx // valid until fasthttp closes the relay
 	x        *exchange
 	resp     *fasthttp.Response
 	body     io.Reader
 	conn     *trackedConn // nil when the connection is not ours to steer
 	deadline time.Time    // the attempt's total deadline
 	status   int
+	chunked  bool  // the upstream body is chunked: only a last chunk ends it
+	cut      error // the upstream read error that broke the stream off, if any
 
 	sse  tokens.Stream
 	buf  []byte // strip mode: what was read from upstream
@@ -41,12 +44,13 @@ var relayPool = sync.Pool{New: func() any { return new(relay) }}
 // write an event or a few per read.
 const relayBufSize = 16 << 10
 
-func newRelay(x *exchange, resp *fasthttp.Response, sent time.Time) *relay {
+func newRelay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, sent time.Time) *relay {
 	r := relayPool.Get().(*relay)
-	r.x, r.resp, r.body = x, resp, resp.BodyStream()
+	r.ctx, r.x, r.resp, r.body = ctx, x, resp, resp.BodyStream()
 	r.conn = connOf(resp)
 	r.deadline = sent.Add(x.up.totalTimeout)
 	r.status = resp.StatusCode()
+	r.chunked = resp.Header.ContentLength() == -1
 	if x.track {
 		r.sse.Reset(x.strip)
 		if x.strip && r.buf == nil {
@@ -91,7 +95,14 @@ func (r *relay) read(p []byte) (int, error) {
 		}
 		_ = r.conn.SetReadDeadline(d)
 	}
-	return r.body.Read(p)
+	n, err := r.body.Read(p)
+	if err == io.EOF && r.chunked && r.conn != nil && r.conn.ended.Load() {
+		err = io.ErrUnexpectedEOF // no last chunk came: the upstream hung up
+	}
+	if err != nil && err != io.EOF {
+		r.cut = err
+	}
+	return n, err
 }
 
 // CloseWithError is called by fasthttp once the body has been written, with
@@ -99,11 +110,19 @@ func (r *relay) read(p []byte) (int, error) {
 // request's quota, releases the upstream response; fasthttp closes, rather
 // than reuses, a connection whose body was not read to the end or whose
 // client write failed.
+//
+// A stream the upstream broke off (or Sluice cut at the end of its grace
+// period) cannot be retried, since the client has part of it, and its
+// caller got no complete answer: it is dead-lettered. A client that left
+// mid-stream is not: that was its choice.
 func (r *relay) CloseWithError(writeErr error) error {
 	if s, ok := r.body.(fasthttp.ReadCloserWithError); ok {
 		_ = s.CloseWithError(writeErr)
 	}
 	x := r.x
+	if r.cut != nil {
+		x.p.streamCut(r.ctx, x, r.status, r.cut)
+	}
 	x.up.inflight.Add(-1)
 	if x.track {
 		u, ok := r.sse.Usage()
