@@ -65,7 +65,8 @@ type Replayer struct {
 
 // NewReplayer returns a Replayer that resends through send and marks in
 // store. observe, if not nil, is called once per replay with its provider
-// and outcome ("delivered", "failed" or "refused").
+// and outcome ("delivered", "failed" or "refused"), from several
+// goroutines at once during a batch.
 func NewReplayer(store ReplayStore, send Sender, observe func(provider, outcome string)) *Replayer {
 	if observe == nil {
 		observe = func(string, string) {}
@@ -110,7 +111,10 @@ func (p *Replayer) replay(ctx context.Context, rec Record, apiKey string, force 
 		p.observe(rec.Provider, "refused")
 		return res, err
 	}
-	res.Status, res.Delivered, res.Body, res.Error = out.Status, out.Delivered(), string(out.Body), out.Message
+	res.Status, res.Delivered, res.Body = out.Status, out.Delivered(), string(out.Body)
+	if !res.Delivered {
+		res.Error = out.Message
+	}
 	res.ReplayedAt = p.now()
 	outcome := "failed"
 	if res.Delivered {
