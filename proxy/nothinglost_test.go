@@ -191,4 +191,3 @@ func TestNothingLost(t *testing.T) {
 		})
 	}
 }
-
