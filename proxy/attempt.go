@@ -91,7 +91,10 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, path []byte) {
 		setAttempts(ctx, x.attempts)
 		permit, err := up.breaker.Allow()
 		if err != nil {
-			p.breakerOpen(ctx, x)
+			x.attempts-- // nothing was sent
+			if p.awaitBreaker(ctx, x) {
+				continue
+			}
 			return
 		}
 		req := fasthttp.AcquireRequest()
@@ -333,11 +336,52 @@ func (sc *scope) observeRemaining(now time.Time, h retry.Header) {
 	sc.lim.ClampAt(now, sc.buckets[0], req, tok)
 }
 
-// breakerOpen answers a request whose provider's breaker is open, without
-// contacting the upstream: 503 with the time until the breaker probes
-// again. Its quota charge is refunded whole.
+// awaitBreaker holds a request whose provider's breaker is open until the
+// breaker lets requests through again (or, half-open with its probes
+// taken, a short jittered while), when that is within the request's wait;
+// then it queues the request again at its priority and age and reports
+// true. Otherwise it answers 503 and reports false. Waiting holds no
+// quota: the charge is refunded first, since nothing was sent.
+func (p *Proxy) awaitBreaker(ctx *fasthttp.RequestCtx, x *exchange) bool {
+	up := x.up
+	now := time.Now()
+	wait := retry.Backoff(1, up.policy.baseDelay, up.policy.maxDelay, rand.Float64())
+	if until := up.breaker.OpenUntil(); !until.IsZero() {
+		wait = until.Sub(now)
+	}
+	if now.Add(wait).After(x.ticket.Deadline) {
+		p.breakerOpen(ctx, x)
+		return false
+	}
+	x.scope.sched.Finish(context.Background(), &x.ticket, limiter.Cost{Requests: -x.ticket.Cost.Requests, Tokens: -x.ticket.Cost.Tokens})
+	t := time.NewTimer(wait)
+	select {
+	case <-t.C:
+	case <-p.dispatchers.stopped:
+		t.Stop()
+		x.scope = nil
+		writeError(ctx, errDraining)
+		p.deadLetter(ctx, x, deadletter.Shutdown, 0, "Sluice shut down while the request waited for the provider's circuit breaker")
+		x.release()
+		return false
+	}
+	// The deadline stays: the breaker's wait counts against the request's.
+	waited, err := x.scope.sched.Acquire(context.Background(), &x.ticket, time.Now())
+	x.waited += waited + wait
+	setQueueWait(ctx, x.waited)
+	if err != nil {
+		x.scope = nil
+		p.refuse(ctx, x, err, x.ticket.Cost, true)
+		x.release()
+		return false
+	}
+	return true
+}
+
+// breakerOpen answers a request whose provider's breaker stays open past
+// the request's wait, without contacting the upstream: 503 with the time
+// until the breaker probes again. Its quota charge is refunded whole.
 func (p *Proxy) breakerOpen(ctx *fasthttp.RequestCtx, x *exchange) {
-	x.attempts-- // nothing was sent
 	setAttempts(ctx, x.attempts)
 	after := time.Second
 	if until := x.up.breaker.OpenUntil(); !until.IsZero() {

@@ -137,7 +137,7 @@ func TestDeadLetterKinds(t *testing.T) {
 		px, store, _ := deadLetterRig(t, pc, classNames("default"))
 		c := client(t)
 		readAll(t, post(t, c, px.URL+"/v1/chat/completions", chatBody, nil)) // opens it
-		resp := post(t, c, px.URL+"/v1/chat/completions", chatBody, nil)
+		resp := post(t, c, px.URL+"/v1/chat/completions", chatBody, map[string]string{"X-Sluice-Max-Wait": "1s"}) // less than the open minute
 		readAll(t, resp)
 		mustRecord(t, store, resp, deadletter.BreakerOpen)
 	})
