@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sync"
 	"time"
@@ -18,7 +19,8 @@ import (
 //
 //   - an add line is the record itself with the flat fields of [FieldNames]
 //     and no "op" field, so `jq` over the file shows records as they were
-//     added;
+//     added. Add writes it without a replay mark; [FileStore.Compact]
+//     writes each live record's current mark into its add line;
 //   - {"op":"replay","id":ID,"replayed_at":T,"replay_status":N} replaces the
 //     record's replay mark;
 //   - {"op":"delete","id":ID} removes the record.
@@ -55,23 +57,46 @@ type deleteLine struct {
 //
 // Every change is one write(2) of the whole line followed by fsync, so a
 // crash loses at most the line being written; [OpenFile] skips such a
-// damaged last line and the next append starts on a fresh line. The file
-// only grows: deletes and replay marks are lines too.
+// damaged last line and the next append starts on a fresh line. Deletes
+// and replay marks are lines too, so the file grows until it is compacted:
+// [FileStore.Compact] rewrites it to hold only the live records, and
+// [OpenFile] does so when most of the file is dead weight. Damaged lines
+// are never dropped: compaction first appends them to the side file
+// <path>.damaged.
+//
+// The process that opened the file must be its only writer: the store
+// tracks the file's length itself, and compaction replaces the file.
 //
 // A FileStore is safe for concurrent use. Appends are serialised by its
 // mutex (the lock is held across write and fsync, so lines never
-// interleave and the index never runs ahead of the file). It must not be
-// used after Close.
+// interleave and the index never runs ahead of the file); a compaction
+// holds it throughout, so changes wait for it. It must not be used after
+// Close.
 type FileStore struct {
 	path string
 
-	mu      sync.Mutex     // protects everything below
-	f       *os.File       // nil once closed
-	needLF  bool           // the file does not end in '\n': start the next line with one
-	damaged int            // lines skipped on open
-	order   []string       // ids of add lines in file order; deleted ids stay
-	pos     map[string]int // id → index in order of its latest add line
-	live    map[string]*Record
+	mu         sync.Mutex     // protects everything below
+	f          *os.File       // nil once closed
+	needLF     bool           // the file does not end in '\n': start the next line with one
+	size       int64          // bytes in the file, a partial last line included
+	damaged    int            // lines skipped on open
+	bad        []span         // damaged bytes still in the file, for compaction to save
+	order      []slot         // add lines in file order; deleted ids stay until compaction
+	pos        map[string]int // id → index in order of its latest add line
+	live       map[string]*Record
+	compactErr error // why the housekeeping of OpenFile failed; nil if it did not
+}
+
+// slot is one add line of the file.
+type slot struct {
+	id   string
+	size int64 // bytes of the line: a live record's share of the file
+}
+
+// span locates damaged bytes in the file: a line that did not decode, or
+// the part of a line whose write failed. It excludes the line's '\n'.
+type span struct {
+	off, n int64
 }
 
 // OpenFile opens the dead-letter file at path, creating it (mode 0600: the
@@ -79,6 +104,14 @@ type FileStore struct {
 // build the index. Lines that do not decode are skipped and counted by
 // [FileStore.Damaged]; a truncated last line is the expected trace of a
 // crash mid-write.
+//
+// OpenFile also keeps the file in shape. It removes the temporary file an
+// interrupted compaction left behind (the original is then complete: the
+// rename is a compaction's commit point), and it compacts the file when
+// the dead bytes (deleted records, replay and delete lines, damaged lines)
+// are at least 1 MiB and at least the live records' bytes (see
+// [FileStore.Compact]). A failure there does not fail OpenFile: the store
+// works on the file as it was, and [FileStore.CompactErr] reports it.
 func OpenFile(path string) (*FileStore, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
@@ -89,6 +122,16 @@ func OpenFile(path string) (*FileStore, error) {
 		_ = f.Close()
 		return nil, fmt.Errorf("deadletter: reading %s: %w", path, err)
 	}
+	var errs []error
+	if err := os.Remove(tempPath(path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("deadletter: removing the leftover of an interrupted compaction: %w", err))
+	}
+	if live := s.liveBytes(); shouldCompact(s.size-live, live) {
+		if err := s.compact(); err != nil {
+			errs = append(errs, fmt.Errorf("deadletter: compacting %s: %w", path, err))
+		}
+	}
+	s.compactErr = errors.Join(errs...)
 	return s, nil
 }
 
@@ -100,7 +143,11 @@ func (s *FileStore) load() error {
 		line, err := br.ReadBytes('\n')
 		if len(line) > 0 {
 			s.needLF = line[len(line)-1] != '\n'
-			s.apply(bytes.TrimSpace(line))
+			if !s.apply(bytes.TrimSpace(line), int64(len(line))) {
+				s.damaged++
+				s.bad = append(s.bad, span{off: s.size, n: int64(len(bytes.TrimSuffix(line, []byte{'\n'})))})
+			}
+			s.size += int64(len(line))
 		}
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -111,30 +158,28 @@ func (s *FileStore) load() error {
 	}
 }
 
-// apply applies one line to the index, counting it as damaged if it does
-// not decode. Requires s.mu held or s not yet shared.
-func (s *FileStore) apply(line []byte) {
+// apply applies one line, size bytes in the file, to the index. It returns
+// false if the line is damaged: it does not decode, or names an unknown
+// op. Blank lines are not damaged. Requires s.mu held or s not yet shared.
+func (s *FileStore) apply(line []byte, size int64) bool {
 	if len(line) == 0 {
-		return
+		return true
 	}
 	var l fileLine
 	if err := json.Unmarshal(line, &l); err != nil || l.ID == "" {
-		s.damaged++
-		return
+		return false
 	}
 	switch l.Op {
 	case "":
 		rec, err := l.wire.record()
 		if err != nil {
-			s.damaged++
-			return
+			return false
 		}
-		s.add(&rec)
+		s.add(&rec, size)
 	case opReplay:
 		at, err := parseTime("replayed_at", l.ReplayedAt)
 		if err != nil {
-			s.damaged++
-			return
+			return false
 		}
 		if r := s.live[l.ID]; r != nil {
 			r.ReplayedAt, r.ReplayStatus = at, l.ReplayStatus
@@ -142,46 +187,55 @@ func (s *FileStore) apply(line []byte) {
 	case opDelete:
 		delete(s.live, l.ID)
 	default:
-		s.damaged++
+		return false
 	}
+	return true
 }
 
-// add indexes a record. Requires s.mu held or s not yet shared.
-func (s *FileStore) add(r *Record) {
+// add indexes a record whose add line is size bytes. Requires s.mu held or
+// s not yet shared.
+func (s *FileStore) add(r *Record, size int64) {
 	if _, ok := s.live[r.ID]; ok {
 		return
 	}
 	s.pos[r.ID] = len(s.order)
-	s.order = append(s.order, r.ID)
+	s.order = append(s.order, slot{id: r.ID, size: size})
 	s.live[r.ID] = r
 }
 
 // appendLine writes v as one line with one write(2) and fsyncs the file.
-// Requires s.mu held.
-func (s *FileStore) appendLine(v any) error {
+// It returns the line's size in bytes. Requires s.mu held.
+func (s *FileStore) appendLine(v any) (int64, error) {
 	if s.f == nil {
-		return fmt.Errorf("deadletter: appending to %s: %w", s.path, os.ErrClosed)
+		return 0, fmt.Errorf("deadletter: appending to %s: %w", s.path, os.ErrClosed)
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
-		return fmt.Errorf("deadletter: encoding line: %w", err)
+		return 0, fmt.Errorf("deadletter: encoding line: %w", err)
 	}
 	buf := make([]byte, 0, len(b)+2)
 	if s.needLF {
 		buf = append(buf, '\n')
 	}
+	lf := int64(len(buf)) // the '\n' ending a damaged line, if any
 	buf = append(append(buf, b...), '\n')
-	if _, err := s.f.Write(buf); err != nil {
+	n, err := s.f.Write(buf)
+	s.size += int64(n)
+	if err != nil {
 		// Part of the line may be on disk: make sure the next one starts
-		// on a line of its own.
+		// on a line of its own, and remember the fragment as damaged so
+		// that a compaction saves it rather than drop it.
 		s.needLF = true
-		return fmt.Errorf("deadletter: appending to %s: %w", s.path, err)
+		if frag := min(int64(n), int64(len(buf))-1) - lf; frag > 0 {
+			s.bad = append(s.bad, span{off: s.size - int64(n) + lf, n: frag})
+		}
+		return 0, fmt.Errorf("deadletter: appending to %s: %w", s.path, err)
 	}
 	s.needLF = false
 	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("deadletter: syncing %s: %w", s.path, err)
+		return 0, fmt.Errorf("deadletter: syncing %s: %w", s.path, err)
 	}
-	return nil
+	return int64(len(buf)) - lf, nil
 }
 
 // Add stores r unless a record with its id is stored already, in which
@@ -200,10 +254,11 @@ func (s *FileStore) Add(_ context.Context, r Record) error {
 	if _, ok := s.live[n.ID]; ok {
 		return nil
 	}
-	if err := s.appendLine(n.wire()); err != nil {
+	size, err := s.appendLine(n.wire())
+	if err != nil {
 		return err
 	}
-	s.add(&n)
+	s.add(&n, size)
 	return nil
 }
 
@@ -232,8 +287,9 @@ func copyRecord(r *Record) Record {
 // List returns the records f selects in the order they were added, at most
 // f.Limit of them, and the cursor for the next page ("" when there is
 // none). The cursor is the id of the last record returned; f.After may
-// also name a record deleted since. An f.After this file never held is
-// [ErrNotFound].
+// also name a record deleted since, unless the file was compacted in
+// between: compaction forgets deleted records, and a cursor naming one is
+// then [ErrNotFound] like an id this file never held.
 func (s *FileStore) List(_ context.Context, f Filter) ([]Record, string, error) {
 	limit := f.limit()
 	s.mu.Lock()
@@ -248,7 +304,7 @@ func (s *FileStore) List(_ context.Context, f Filter) ([]Record, string, error) 
 	}
 	var recs []Record
 	for i := start; i < len(s.order); i++ {
-		id := s.order[i]
+		id := s.order[i].id
 		r := s.live[id]
 		// A record deleted and added again is live at its later position only.
 		if r == nil || s.pos[id] != i || !f.match(r) {
@@ -273,7 +329,7 @@ func (s *FileStore) MarkReplayed(_ context.Context, id string, at time.Time, sta
 		return fmt.Errorf("marking %q replayed: %w", id, ErrNotFound)
 	}
 	l := replayLine{Op: opReplay, ID: id, ReplayedAt: formatTime(at), ReplayStatus: status}
-	if err := s.appendLine(l); err != nil {
+	if _, err := s.appendLine(l); err != nil {
 		return err
 	}
 	// Re-read the time as the file holds it, so the index matches a reopen.
@@ -289,7 +345,7 @@ func (s *FileStore) Delete(_ context.Context, id string) error {
 	if s.live[id] == nil {
 		return fmt.Errorf("deleting %q: %w", id, ErrNotFound)
 	}
-	if err := s.appendLine(deleteLine{Op: opDelete, ID: id}); err != nil {
+	if _, err := s.appendLine(deleteLine{Op: opDelete, ID: id}); err != nil {
 		return err
 	}
 	delete(s.live, id)
@@ -305,6 +361,7 @@ func (s *FileStore) Len() int {
 
 // Damaged returns the number of lines skipped when the file was opened
 // because they did not decode: normally 0, or 1 after a crash mid-write.
+// The count stays after a compaction has moved them to <path>.damaged.
 func (s *FileStore) Damaged() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

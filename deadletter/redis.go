@@ -39,6 +39,13 @@ const (
 	replaysSuffix = ":replays"
 )
 
+// trimBatch bounds the entries one Add trims, so one script call stays
+// short (it blocks the Redis server) even right after an operator lowered
+// the maximum length far below the stream's length; each later Add trims
+// another batch until the stream fits. 100 is the default size of a stream
+// node (stream-node-max-entries), the unit XADD MAXLEN ~ trims by.
+const trimBatch = 100
+
 // scanBudget bounds the stream entries one List call reads, so a filter
 // that matches little cannot make one call read a whole long stream. A
 // List that runs out of budget returns what it found and a cursor to go on.
@@ -72,8 +79,15 @@ type replayMark struct {
 // "{sluice}:deadletters", and the companions hash with it. The default
 // "sluice:deadletters" works on standalone Redis and Sentinel.
 //
-// With a MAXLEN, Redis trims the oldest entries but not their index
-// fields; a trimmed record reads as [ErrNotFound] and is not added again.
+// With a maximum length, Add first removes the oldest entries beyond it
+// together with their index fields and replay marks, so the hashes stay as
+// small as the stream. Trimming is exact: the stream never holds more
+// than the maximum after an Add, except right after the maximum was
+// lowered, while each Add trims at most trimBatch (100) entries. A trimmed
+// record reads as [ErrNotFound] like a deleted one, and adding its id again
+// stores it again, as the newest entry: deduplication covers the records
+// the stream still holds. (An index field left by a version that trimmed
+// with XADD MAXLEN ~ stays; Get reads it as not found.)
 //
 // Each Redis call runs under its own timeout. A RedisStore is safe for
 // concurrent use; it does not own the client.
@@ -85,9 +99,9 @@ type RedisStore struct {
 }
 
 // NewRedisStore returns a store on the stream of the given name ("" means
-// [DefaultStream]). maxLen > 0 caps the stream at about that many entries
-// (XADD MAXLEN ~); 0 or less keeps every entry. timeout bounds each Redis
-// call; 0 or less means 2s.
+// [DefaultStream]). maxLen > 0 caps the stream at that many entries, the
+// oldest going first (see [RedisStore]); 0 or less keeps every entry.
+// timeout bounds each Redis call; 0 or less means 2s.
 func NewRedisStore(c redis.UniversalClient, stream string, maxLen int64, timeout time.Duration) *RedisStore {
 	if stream == "" {
 		stream = DefaultStream
@@ -118,7 +132,7 @@ func (s *RedisStore) Add(ctx context.Context, r Record) error {
 	if err != nil {
 		return fmt.Errorf("deadletter: encoding record %q: %w", r.ID, err)
 	}
-	args := append([]any{r.ID, s.maxLen}, fields...)
+	args := append([]any{r.ID, s.maxLen, trimBatch}, fields...)
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	if err := addScript.Run(ctx, s.c, s.keys, args...).Err(); err != nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,27 +49,159 @@ func TestScriptsDeclareKeys(t *testing.T) {
 	}
 }
 
+// streamSizes returns the lengths of the stream and of its two hashes.
+func streamSizes(t *testing.T, c *redis.Client) (stream, ids, replays int64) {
+	t.Helper()
+	ctx := t.Context()
+	var err error
+	if stream, err = c.XLen(ctx, testStream).Result(); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err = c.HLen(ctx, testStream+idsSuffix).Result(); err != nil {
+		t.Fatal(err)
+	}
+	if replays, err = c.HLen(ctx, testStream+replaysSuffix).Result(); err != nil {
+		t.Fatal(err)
+	}
+	return stream, ids, replays
+}
+
+// TestRedisMaxLen checks that trimming is exact and takes the trimmed
+// records' index fields and replay marks with it.
 func TestRedisMaxLen(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
-	s := NewRedisStore(c, testStream, 10, 5*time.Second)
-	for i := range 300 {
-		mustAdd(t, s, Record{ID: fmt.Sprintf("r%03d", i)})
+	s := NewRedisStore(c, testStream, 5, 5*time.Second)
+	id := func(i int) string { return fmt.Sprintf("r%03d", i) }
+	for i := range 20 {
+		mustAdd(t, s, Record{ID: id(i)})
+		if err := s.MarkReplayed(t.Context(), id(i), t0, 200+i); err != nil {
+			t.Fatalf("MarkReplayed(%s): %v", id(i), err)
+		}
 	}
-	n, err := c.XLen(t.Context(), testStream).Result()
+	if n, nids, nmarks := streamSizes(t, c); n != 5 || nids != 5 || nmarks != 5 {
+		t.Errorf("after 20 adds with maxLen 5: XLEN %d, HLEN ids %d, HLEN replays %d; want 5, 5, 5", n, nids, nmarks)
+	}
+	for i := range 15 {
+		if _, err := s.Get(t.Context(), id(i)); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Get(trimmed %s) = %v, want ErrNotFound", id(i), err)
+		}
+	}
+	if err := s.MarkReplayed(t.Context(), id(0), t0, 200); !errors.Is(err, ErrNotFound) {
+		t.Errorf("MarkReplayed(trimmed) = %v, want ErrNotFound", err)
+	}
+	if _, _, err := s.List(t.Context(), Filter{After: id(0)}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("List(after trimmed id) = %v, want ErrNotFound", err)
+	}
+	recs, next, err := s.List(t.Context(), Filter{})
+	if err != nil || next != "" {
+		t.Fatalf("List = next %q, %v", next, err)
+	}
+	if got, want := fmt.Sprint(ids(recs)), "[r015 r016 r017 r018 r019]"; got != want {
+		t.Errorf("List after trimming = %s, want %s", got, want)
+	}
+	for _, r := range recs {
+		i, err := strconv.Atoi(strings.TrimPrefix(r.ID, "r"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.ReplayStatus != 200+i {
+			t.Errorf("%s has replay status %d, want %d", r.ID, r.ReplayStatus, 200+i)
+		}
+	}
+
+	// With its index field gone, a trimmed id is stored again: as the
+	// newest entry, without its old mark, trimming the oldest one.
+	mustAdd(t, s, Record{ID: id(0), Body: "again"})
+	if got := mustGet(t, s, id(0)); got.Body != "again" || got.ReplayStatus != 0 {
+		t.Errorf("re-added trimmed record = body %q, replay status %d; want \"again\", 0", got.Body, got.ReplayStatus)
+	}
+	recs, _, err = s.List(t.Context(), Filter{})
+	if got, want := fmt.Sprint(ids(recs)), "[r016 r017 r018 r019 r000]"; err != nil || got != want {
+		t.Errorf("List after re-adding r000 = %s, %v; want %s", got, err, want)
+	}
+	if n, nids, nmarks := streamSizes(t, c); n != 5 || nids != 5 || nmarks != 4 {
+		t.Errorf("after re-add: XLEN %d, HLEN ids %d, HLEN replays %d; want 5, 5, 4", n, nids, nmarks)
+	}
+}
+
+// TestRedisMaxLenLowered checks that a stream far above a lowered maximum
+// shrinks by at most trimBatch entries per Add, the hashes with it, until
+// it fits.
+func TestRedisMaxLenLowered(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	const before, maxLen = 2*trimBatch + 50, 10
+	unbounded := NewRedisStore(c, testStream, 0, 5*time.Second)
+	for i := range before {
+		mustAdd(t, unbounded, Record{ID: fmt.Sprintf("old%03d", i)})
+	}
+	// Mark the newest records: their marks must survive.
+	for i := before - maxLen; i < before; i++ {
+		if err := unbounded.MarkReplayed(t.Context(), fmt.Sprintf("old%03d", i), t0, 200); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := NewRedisStore(c, testStream, maxLen, 5*time.Second)
+	n := int64(before)
+	for i := 0; n > maxLen || i < 2; i++ {
+		if i > before/trimBatch+2 {
+			t.Fatalf("stream still holds %d entries after %d adds", n, i)
+		}
+		mustAdd(t, s, Record{ID: fmt.Sprintf("new%03d", i)})
+		want := n + 1 - min(n-(maxLen-1), trimBatch)
+		got, nids, _ := streamSizes(t, c)
+		if got != want || nids != want {
+			t.Fatalf("add %d from XLEN %d: XLEN %d, HLEN ids %d; want %d", i, n, got, nids, want)
+		}
+		n = got
+	}
+	// The replay hash holds exactly the marks of the records left.
+	recs, _, err := s.List(t.Context(), Filter{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// MAXLEN ~ trims whole stream nodes (100 entries by default), so the
-	// length is approximate, but far below what was added.
-	if n >= 300 || n < 10 {
-		t.Errorf("XLEN after 300 adds with MAXLEN ~10 = %d, want in [10, 300)", n)
+	var marked int64
+	for _, r := range recs {
+		if r.ReplayStatus == 200 {
+			marked++
+		}
 	}
-	if _, err := s.Get(t.Context(), "r000"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("Get(trimmed) = %v, want ErrNotFound", err)
+	if _, _, nmarks := streamSizes(t, c); nmarks != marked || marked == 0 {
+		t.Errorf("HLEN replays = %d, records left with a mark = %d; want equal and > 0", nmarks, marked)
 	}
-	if _, err := s.Get(t.Context(), "r299"); err != nil {
-		t.Errorf("Get(newest) = %v", err)
+}
+
+// TestRedisTrimForeignEntries checks that trimming entries Add did not
+// write (no id field, or the id of a record stored at another entry)
+// leaves the index of the stored records alone.
+func TestRedisTrimForeignEntries(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	s := NewRedisStore(c, testStream, 3, 5*time.Second)
+	xadd := func(values ...any) {
+		t.Helper()
+		if err := c.XAdd(t.Context(), &redis.XAddArgs{Stream: testStream, Values: values}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	xadd("id", "a", "body", "written by hand")
+	xadd("provider", "no id field")
+	mustAdd(t, s, Record{ID: "a", Body: "stored"})
+	// Trims the hand-written "a", then the entry without an id.
+	mustAdd(t, s, Record{ID: "b"}, Record{ID: "c"})
+	if got := mustGet(t, s, "a"); got.Body != "stored" {
+		t.Errorf("Get(a) = body %q, want \"stored\"", got.Body)
+	}
+	if n, nids, _ := streamSizes(t, c); n != 3 || nids != 3 {
+		t.Errorf("XLEN %d, HLEN ids %d; want 3, 3", n, nids)
+	}
+	mustAdd(t, s, Record{ID: "d"})
+	if _, err := s.Get(t.Context(), "a"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get(a) after its entry was trimmed = %v, want ErrNotFound", err)
+	}
+	if n, nids, _ := streamSizes(t, c); n != 3 || nids != 3 {
+		t.Errorf("XLEN %d, HLEN ids %d; want 3, 3", n, nids)
 	}
 }
 

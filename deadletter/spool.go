@@ -148,9 +148,11 @@ func (s *Spool) Flush(ctx context.Context) error {
 				slog.Int("moved", moved), slog.Int("depth", s.Depth()))
 		}
 	}()
-	after := ""
 	for {
-		recs, next, err := s.spool.List(ctx, Filter{After: after, Limit: defaultLimit})
+		// Each page starts at the oldest record left: the ones moved are
+		// deleted, and a cursor naming one of them would not survive a
+		// compaction of the spool file in between.
+		recs, next, err := s.spool.List(ctx, Filter{Limit: defaultLimit})
 		if err != nil {
 			return fmt.Errorf("deadletter: reading spool: %w", err)
 		}
@@ -168,7 +170,6 @@ func (s *Spool) Flush(ctx context.Context) error {
 		if next == "" {
 			break
 		}
-		after = next
 	}
 	if s.spool.Len() == 0 {
 		s.down.Lock()

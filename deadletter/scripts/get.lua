@@ -3,7 +3,8 @@
 -- KEYS[1] the stream, KEYS[2] the id index hash, KEYS[3] the replay hash.
 -- ARGV[1] the record id.
 -- Returns {entry id, {field, value, ...}, replay mark or ''}, or nil when
--- the id is not indexed or its entry was trimmed away by MAXLEN.
+-- the id is not indexed or its entry is gone without its index field (a
+-- Sluice that trimmed with XADD MAXLEN ~ left such fields behind).
 local sid = redis.call('HGET', KEYS[2], ARGV[1])
 if not sid then
   return nil
