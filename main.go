@@ -6,6 +6,9 @@
 //
 //	sluice [serve] [-config config.yaml]   serve (the default command)
 //	sluice check [-config config.yaml]     validate a config and exit
+//	sluice dlq [-config config.yaml] [-admin URL] [-token T] list|show|replay|delete ...
+//	                                       inspect, replay and delete dead letters
+//	                                       through a running Sluice's admin API
 //
 // main only wires: everything is built from the config in run, which the
 // tests call directly.
@@ -53,7 +56,7 @@ func main() {
 }
 
 // errUsage marks a command line that could not be understood.
-var errUsage = errors.New("usage: sluice [serve|check] [-config FILE]")
+var errUsage = errors.New("usage: sluice [serve|check] [-config FILE] | sluice dlq [-config FILE] [-admin URL] [-token T] list|show|replay|delete ...")
 
 func exitCode(err error) int {
 	if errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
@@ -83,6 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "config ok: %d providers, %d classes, %s mode\n",
 			len(cfg.Providers), len(cfg.Classes), mode(cfg))
 		return nil
+	case "dlq":
+		return runDLQ(ctx, args, stdout, stderr)
 	default:
 		return fmt.Errorf("unknown command %q: %w", cmd, errUsage)
 	}
@@ -217,7 +222,11 @@ func openDeadLetters(cfg *config.Config, log *slog.Logger) (*deadLetters, error)
 		return nil, fmt.Errorf("deadletter.file: %w", err)
 	}
 	if n := file.Damaged(); n > 0 {
-		log.Warn("dead-letter file has damaged lines; they were skipped", slog.String("file", cfg.DeadLetter.File), slog.Int("lines", n))
+		log.Warn("dead-letter file has damaged lines; they were skipped and are kept in the .damaged side file at its next compaction",
+			slog.String("file", cfg.DeadLetter.File), slog.Int("lines", n))
+	}
+	if err := file.CompactErr(); err != nil {
+		log.Warn("dead-letter file not compacted; it keeps working uncompacted", slog.String("file", cfg.DeadLetter.File), slog.String("error", err.Error()))
 	}
 	dl := &deadLetters{store: file, file: file}
 	if !cfg.SharedMode() {
