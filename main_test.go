@@ -25,6 +25,17 @@ import (
 	"github.com/sluice-ai/sluice/internal/upstreamtest"
 )
 
+// TestMain lets a test run this binary as Sluice itself, in a process of
+// its own that can be sent real signals: with SLUICE_TEST_MAIN=1 it runs
+// main with the arguments after the flags.
+func TestMain(m *testing.M) {
+	if os.Getenv("SLUICE_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
 // sluice is a running instance of run("serve", ...).
 type sluice struct {
 	URL, AdminURL string

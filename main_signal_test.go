@@ -1,0 +1,180 @@
+//go:build unix
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-ai/sluice/deadletter"
+	"github.com/sluice-ai/sluice/internal/upstreamtest"
+)
+
+// TestSIGTERMDrain sends a real SIGTERM to a Sluice process with one
+// request in flight that will not finish and two queued behind it: when
+// the grace period ends, all three are answered 503 and dead-lettered as
+// shutdown, and the process exits cleanly.
+func TestSIGTERMDrain(t *testing.T) {
+	release := make(chan struct{})
+	var arrived atomic.Int64
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	up.Handle(func(ctx *fasthttp.RequestCtx) {
+		arrived.Add(1)
+		select { // longer than the grace period
+		case <-release:
+		case <-time.After(30 * time.Second):
+		}
+		up.Default(ctx)
+	})
+	t.Cleanup(func() { close(release) })
+
+	dir := t.TempDir()
+	file := filepath.Join(dir, "deadletters.jsonl")
+	cfg := testConfig(up.URL) + "    limits: {max_concurrency: 1}\n" +
+		"deadletter:\n  file: " + file + "\n"
+	cfg = strings.Replace(cfg, "shutdown_grace: 5s", "shutdown_grace: 300ms", 1)
+	path := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	cmd := exec.Command(os.Args[0], "serve", "-config", path)
+	cmd.Env = append(os.Environ(), "SLUICE_TEST_MAIN=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	logs := bufio.NewScanner(stderr)
+	var addr, admin string
+	for addr == "" && logs.Scan() {
+		var line struct{ Msg, Listen, Admin string }
+		if json.Unmarshal(logs.Bytes(), &line) == nil && line.Msg == "serving" {
+			addr, admin = line.Listen, line.Admin
+		}
+	}
+	if addr == "" {
+		t.Fatal("sluice exited before serving")
+	}
+	go func() { // keep the pipe drained until the process exits
+		for logs.Scan() {
+		}
+	}()
+
+	type answer struct {
+		status int
+		id     string
+	}
+	answers := make(chan answer, 3)
+	send := func() {
+		resp, err := http.Post("http://"+addr+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"m","messages":[]}`))
+		if err != nil {
+			t.Errorf("POST: %v", err)
+			answers <- answer{}
+			return
+		}
+		resp.Body.Close()
+		answers <- answer{resp.StatusCode, resp.Header.Get("X-Sluice-Deadletter-Id")}
+	}
+	go send()
+	for arrived.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	go send()
+	go send()
+	waitQueued(t, "http://"+admin, 2)
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for range 3 {
+		a := <-answers
+		if a.status != http.StatusServiceUnavailable || a.id == "" || ids[a.id] {
+			t.Errorf("answer %d with dead letter %q; want 503 with a dead letter of its own", a.status, a.id)
+		}
+		ids[a.id] = true
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("sluice exited with %v after SIGTERM, want 0", err)
+	}
+
+	store, err := deadletter.OpenFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	recs, _, err := store.List(context.Background(), deadletter.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := 0
+	for _, r := range recs {
+		if r.ErrorKind != deadletter.Shutdown || !ids[r.ID] {
+			t.Errorf("record %s: kind %s; want shutdown, for one of the answers", r.ID, r.ErrorKind)
+		}
+		sent += r.Attempts
+	}
+	if len(recs) != 3 || sent != 1 || arrived.Load() != 1 {
+		t.Errorf("%d records with %d attempts between them, %d upstream arrivals; want 3 records, the one in flight sent once", len(recs), sent, arrived.Load())
+	}
+}
+
+// waitQueued polls the admin status until n requests are queued.
+func waitQueued(t *testing.T, adminURL string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var st struct {
+			Providers []struct {
+				Scopes []struct {
+					Classes []struct{ Queued int }
+				}
+			}
+		}
+		resp, err := http.Get(adminURL + "/admin/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		queued := 0
+		for _, p := range st.Providers {
+			for _, s := range p.Scopes {
+				for _, c := range s.Classes {
+					queued += c.Queued
+				}
+			}
+		}
+		if queued >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d queued after 10s, want %d", queued, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
