@@ -136,7 +136,7 @@ func TestDeadLetterKinds(t *testing.T) {
 		pc.Breaker = Breaker{FailureThreshold: 1, OpenFor: time.Minute, HalfOpenRequests: 1}
 		px, store, _ := deadLetterRig(t, pc, classNames("default"))
 		c := client(t)
-		readAll(t, post(t, c, px.URL+"/v1/chat/completions", chatBody, nil)) // opens it
+		readAll(t, post(t, c, px.URL+"/v1/chat/completions", chatBody, nil))                                      // opens it
 		resp := post(t, c, px.URL+"/v1/chat/completions", chatBody, map[string]string{"X-Sluice-Max-Wait": "1s"}) // less than the open minute
 		readAll(t, resp)
 		mustRecord(t, store, resp, deadletter.BreakerOpen)
