@@ -320,7 +320,7 @@ type DeadLetter struct {
 	// spool while Redis is away. A relative path is relative to the working
 	// directory. Default "deadletters.jsonl". Required.
 	File string `yaml:"file"`
-	// MaxLen trims the stream to about this many entries. 0 means
+	// MaxLen keeps at most this many entries in the stream. 0 means
 	// untrimmed. Must be >= 0.
 	MaxLen int64 `yaml:"max_len"`
 	// RedactHeaders names request headers (case-insensitive) whose values
