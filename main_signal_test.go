@@ -76,8 +76,18 @@ func TestSIGTERMDrain(t *testing.T) {
 	if addr == "" {
 		t.Fatal("sluice exited before serving")
 	}
+	var logTail strings.Builder // what the process logged after serving, for failures
+	logged := make(chan struct{})
 	go func() { // keep the pipe drained until the process exits
+		defer close(logged)
 		for logs.Scan() {
+			logTail.WriteString(logs.Text() + "\n")
+		}
+	}()
+	defer func() {
+		if t.Failed() {
+			<-logged
+			t.Logf("sluice logged:\n%s", logTail.String())
 		}
 	}()
 

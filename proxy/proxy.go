@@ -198,6 +198,12 @@ type Proxy struct {
 	}
 
 	draining atomic.Bool
+	// active counts exchanges not yet released: requests past routing, up
+	// to the end of their response, streams included (the relay releases
+	// them), since until then one may still write a dead letter. idle is
+	// signalled when the count drops to zero while draining.
+	active atomic.Int64
+	idle   chan struct{}
 }
 
 type prefixRoute struct {
@@ -260,6 +266,7 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 		redactor:    deadletter.NewRedactor(s.RedactHeaders),
 	}
 	p.exchanges.New = func() any { return new(exchange) }
+	p.idle = make(chan struct{}, 1)
 	p.dispatchers.stopped = make(chan struct{})
 	for _, n := range names {
 		p.classNames = append(p.classNames, []byte(n))
@@ -386,7 +393,8 @@ func (p *Proxy) stopDispatchers() {
 // Shutdown stops accepting requests and waits for those queued and in
 // flight, streams included, until ctx is done. Then it refuses the requests
 // still queued, cuts the upstream connections still busy, so that their
-// handlers answer, and waits a moment for them.
+// handlers answer, and waits a moment for them to finish, dead letters
+// included: when Shutdown returns, the dead-letter store may be closed.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.draining.Store(true)
 	err := p.server.ShutdownWithContext(ctx)
@@ -394,15 +402,21 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for _, up := range p.upstreams {
 		up.close()
 	}
-	if err == nil {
-		return nil
+	// Refused and cut requests are answered and recorded in moments; the
+	// bound only guards against a store that hangs.
+	wait := time.NewTimer(5 * time.Second)
+	defer wait.Stop()
+	for p.active.Load() > 0 {
+		select {
+		case <-p.idle:
+		case <-wait.C:
+			return fmt.Errorf("proxy: %d requests still unfinished 5s after the grace period", p.active.Load())
+		}
 	}
-	// Cut streams have been answered as far as they got; wait briefly for
-	// their connections to finish.
-	wait, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_ = p.server.ShutdownWithContext(wait)
-	return fmt.Errorf("proxy: grace period over with requests in flight: %w", err)
+	if err != nil {
+		return fmt.Errorf("proxy: grace period over with requests in flight: %w", err)
+	}
+	return nil
 }
 
 // serve is the fasthttp handler: route, classify, wait for quota, forward,
@@ -430,6 +444,7 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetBytesV(HeaderClass, p.classNames[class])
 
 	x := p.exchanges.Get().(*exchange)
+	p.active.Add(1)
 	x.reset(p, up, class, start)
 	if p.admit(ctx, x, path, start) {
 		p.forward(ctx, x, path)

@@ -198,6 +198,12 @@ func (x *exchange) release() {
 	}
 	x.conn, x.scope, x.up, x.p = nil, nil, nil, nil
 	p.exchanges.Put(x)
+	if p.active.Add(-1) == 0 && p.draining.Load() {
+		select {
+		case p.idle <- struct{}{}:
+		default: // already signalled
+		}
+	}
 }
 
 // Gone implements [scheduler.Prober]: it peeks at the client's connection
