@@ -5,7 +5,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,7 +13,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/deadletter"
-	"github.com/sluice-ai/sluice/internal/redistest"
 	"github.com/sluice-ai/sluice/internal/upstreamtest"
 )
 
@@ -51,9 +49,7 @@ func chaos(up *upstreamtest.Server, seed uint64) fasthttp.RequestHandler {
 }
 
 // allRecords reads every record of store, page by page.
-func allRecords(t *testing.T, store interface {
-	List(context.Context, deadletter.Filter) ([]deadletter.Record, string, error)
-}) []deadletter.Record {
+func allRecords(t *testing.T, store deadletter.ReplayStore) []deadletter.Record {
 	t.Helper()
 	var out []deadletter.Record
 	f := deadletter.Filter{Limit: 1000}
@@ -74,30 +70,8 @@ func allRecords(t *testing.T, store interface {
 // complete success, or as an error with exactly one dead letter, and the
 // counts match exactly, in both stores.
 func TestNothingLost(t *testing.T) {
-	stores := map[string]func(t *testing.T) interface {
-		DeadLetters
-		List(context.Context, deadletter.Filter) ([]deadletter.Record, string, error)
-	}{
-		"file": func(t *testing.T) interface {
-			DeadLetters
-			List(context.Context, deadletter.Filter) ([]deadletter.Record, string, error)
-		} {
-			s, err := deadletter.OpenFile(filepath.Join(t.TempDir(), "dl.jsonl"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		},
-		"redis": func(t *testing.T) interface {
-			DeadLetters
-			List(context.Context, deadletter.Filter) ([]deadletter.Record, string, error)
-		} {
-			return deadletter.NewRedisStore(redistest.Start(t).Client(t), "test:deadletters", 0, 2*time.Second)
-		},
-	}
-	for name, open := range stores {
-		t.Run(name, func(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
 			const n, workers = 200, 16
 			up := upstreamtest.New(t, upstreamtest.Options{Chunks: 3})
 			up.Handle(chaos(up, 42))
@@ -105,7 +79,7 @@ func TestNothingLost(t *testing.T) {
 			pc.Retry.BaseDelay, pc.Retry.MaxDelay = 5*time.Millisecond, 20*time.Millisecond
 			pc.ResponseHeaderTimeout = 100 * time.Millisecond
 			pc.Breaker = Breaker{FailureThreshold: 4, OpenFor: 30 * time.Millisecond, HalfOpenRequests: 1}
-			store := open(t)
+			store := openStore(t, backend)
 			px := mustStart(t, Settings{Providers: []Provider{pc}, DeadLetters: store})
 
 			type outcome struct {

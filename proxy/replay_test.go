@@ -22,7 +22,7 @@ func failThenServe(t *testing.T) (up *upstreamtest.Server, serve func()) {
 
 // deadLettered sends one chat request that the failing upstream turns into
 // a dead letter, and returns the record's id.
-func deadLettered(t *testing.T, px *testProxy, store *deadletter.FileStore, header map[string]string) string {
+func deadLettered(t *testing.T, px *testProxy, store rigStore, header map[string]string) string {
 	t.Helper()
 	resp := post(t, client(t), px.URL+"/v1/chat/completions", chatBody, header)
 	readAll(t, resp)
@@ -42,7 +42,7 @@ func TestReplayDeliversAndMarks(t *testing.T) {
 	up, serve := failThenServe(t)
 	pc := failingProvider(up.URL, 1)
 	pc.APIKey = "sk-from-config"
-	px, store, _ := deadLetterRig(t, pc, classNames("high", "low"))
+	px, store := deadLetterRig(t, pc, classNames("high", "low"))
 	id := deadLettered(t, px, store, map[string]string{
 		"Authorization": "Bearer sk-client-secret", "X-Team-Token": "team-secret", "X-Trace": "trace-1", "X-Priority": "low",
 	})
@@ -68,8 +68,8 @@ func TestReplayDeliversAndMarks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.ReplayStatus != 200 || rec.ReplayedAt.IsZero() || store.Len() != 1 {
-		t.Errorf("record after replay %+v (%d records): want replay status 200 on the one record", rec, store.Len())
+	if rec.ReplayStatus != 200 || rec.ReplayedAt.IsZero() || store.count(t) != 1 {
+		t.Errorf("record after replay %+v (%d records): want replay status 200 on the one record", rec, store.count(t))
 	}
 
 	before := up.Count()
@@ -86,7 +86,7 @@ func TestReplayDeliversAndMarks(t *testing.T) {
 
 func TestReplayThatFailsUpdatesItsRecord(t *testing.T) {
 	up, _ := failThenServe(t)
-	px, store, _ := deadLetterRig(t, failingProvider(up.URL, 1), classNames("default"))
+	px, store := deadLetterRig(t, failingProvider(up.URL, 1), classNames("default"))
 	id := deadLettered(t, px, store, nil)
 
 	res, err := deadletter.NewReplayer(store, px, nil).Replay(context.Background(), id, "sk-given", false)
@@ -100,14 +100,14 @@ func TestReplayThatFailsUpdatesItsRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if store.Len() != 1 || rec.ReplayStatus != 503 || rec.ReplayedAt.IsZero() {
-		t.Errorf("%d records, record %+v: want the one record marked with 503", store.Len(), rec)
+	if store.count(t) != 1 || rec.ReplayStatus != 503 || rec.ReplayedAt.IsZero() {
+		t.Errorf("%d records, record %+v: want the one record marked with 503", store.count(t), rec)
 	}
 }
 
 func TestReplayKey(t *testing.T) {
 	up, serve := failThenServe(t)
-	px, store, _ := deadLetterRig(t, failingProvider(up.URL, 1), classNames("default")) // no api_key
+	px, store := deadLetterRig(t, failingProvider(up.URL, 1), classNames("default")) // no api_key
 	id := deadLettered(t, px, store, map[string]string{"Authorization": "Bearer sk-client-secret"})
 	serve()
 	replays := deadletter.NewReplayer(store, px, nil)
@@ -137,7 +137,7 @@ func TestReplayQueuesAtItsClass(t *testing.T) {
 	up, g := heldUpstream(t)
 	pc := limitedProvider(up, limiter.Limits{MaxConcurrency: 1})
 	pc.APIKey = "sk-from-config"
-	px, store, _ := deadLetterRig(t, pc, classNames("high", "low"))
+	px, store := deadLetterRig(t, pc, classNames("high", "low"))
 	rec := deadletter.Record{
 		ID: deadletter.NewID(time.Now()), FailedAt: time.Now(), ReceivedAt: time.Now(), Provider: "openai",
 		Method: "POST", Path: "/v1/chat/completions", Body: chatBody, Class: "high", // not the default class
@@ -171,7 +171,7 @@ func TestReplayStream(t *testing.T) {
 	up := upstreamtest.New(t, upstreamtest.Options{})
 	pc := failingProvider(up.URL, 1)
 	pc.APIKey = "sk-from-config"
-	px, store, _ := deadLetterRig(t, pc, classNames("default"))
+	px, store := deadLetterRig(t, pc, classNames("default"))
 	rec := deadletter.Record{
 		ID: deadletter.NewID(time.Now()), Provider: "openai", Method: "POST", Path: "/v1/chat/completions",
 		Body: `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`, Class: "default",
@@ -191,7 +191,7 @@ func TestReplayStream(t *testing.T) {
 
 func TestReplayUnknownProvider(t *testing.T) {
 	up := upstreamtest.New(t, upstreamtest.Options{})
-	px, store, _ := deadLetterRig(t, failingProvider(up.URL, 1), classNames("default"))
+	px, store := deadLetterRig(t, failingProvider(up.URL, 1), classNames("default"))
 	rec := deadletter.Record{ID: deadletter.NewID(time.Now()), Provider: "gone", Method: "POST", Path: "/v1/chat/completions"}
 	if err := store.Add(context.Background(), rec); err != nil {
 		t.Fatal(err)
