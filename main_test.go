@@ -490,4 +490,7 @@ func TestDeadLetterRedis(t *testing.T) {
 	if rec.ErrorKind != deadletter.RetriesExhausted || rec.LastStatus != 503 {
 		t.Errorf("record %+v: want retries_exhausted, last status 503", rec)
 	}
+	if _, metrics := get(t, s.AdminURL+"/metrics"); !strings.Contains(metrics, "\nsluice_deadletter_spool_depth 0\n") {
+		t.Error("shared mode exports no sluice_deadletter_spool_depth of 0")
+	}
 }

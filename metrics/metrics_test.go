@@ -76,3 +76,25 @@ func BenchmarkRequest(b *testing.B) {
 		}
 	})
 }
+
+func TestDeadLetterMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	depth := 3.0
+	m.SpoolDepth(func() float64 { return depth })
+	m.Replayed("openai", "delivered")
+	m.Replayed("openai", "delivered")
+	m.Replayed("openai", "refused")
+	const want = `
+# HELP sluice_deadletter_replays_total Dead letters replayed, by provider and outcome: delivered, failed (sent and failed again) or refused (nothing sent).
+# TYPE sluice_deadletter_replays_total counter
+sluice_deadletter_replays_total{outcome="delivered",provider="openai"} 2
+sluice_deadletter_replays_total{outcome="refused",provider="openai"} 1
+# HELP sluice_deadletter_spool_depth Dead letters spooled to the local file while Redis is unreachable, waiting to be moved to the stream.
+# TYPE sluice_deadletter_spool_depth gauge
+sluice_deadletter_spool_depth 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "sluice_deadletter_replays_total", "sluice_deadletter_spool_depth"); err != nil {
+		t.Error(err)
+	}
+}
