@@ -48,6 +48,16 @@ func BenchmarkAllow(b *testing.B) {
 			}
 		})
 	})
+	b.Run("held", func(b *testing.B) {
+		br := mustNew(b, Settings{FailureThreshold: 1, OpenFor: time.Hour, HalfOpenRequests: 1})
+		br.HoldOpenUntil(time.Now().Add(time.Hour))
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := br.Allow(); err == nil {
+				b.Fatal("Allow() succeeded on a held breaker")
+			}
+		}
+	})
 	b.Run("refused", func(b *testing.B) {
 		br := mustNew(b, Settings{FailureThreshold: 1, OpenFor: time.Hour, HalfOpenRequests: 1})
 		mustAllow(b, br).Done(Failure)

@@ -13,6 +13,14 @@
 // consecutive successes, or reopens on the first failure. An [Excluded]
 // outcome neither counts nor resets anything; it only frees its half-open
 // probe slot (FIELD-NOTES §4.4, §7.4).
+//
+// A breaker can also be held open from outside ([Breaker.HoldOpenUntil]):
+// in shared mode another replica that saw the upstream fail says until when
+// it opened its own breaker, and this one refuses until then too, without
+// needing its own run of failures. A hold is a hint layered over the local
+// gobreaker, not a state of it: when the hold ends the breaker is whatever
+// its own gobreaker says, normally closed. The replica whose breaker opened
+// runs the half-open probes; the others simply resume.
 package breaker
 
 import (
@@ -86,22 +94,34 @@ type Settings struct {
 	// HalfOpenRequests is how many probes a half-open breaker lets through;
 	// it closes after that many consecutive successes. It must be >= 1.
 	HalfOpenRequests int
-	// OnStateChange, when set, is called after every transition. It runs
-	// under gobreaker's lock (gobreaker.go, setState): it must only set a
-	// gauge or log, and never call the breaker, which would deadlock.
+	// OnStateChange, when set, is called after every transition of this
+	// breaker's own gobreaker. It runs under gobreaker's lock (gobreaker.go,
+	// setState): it must only set a gauge or log, and never call the
+	// breaker, which would deadlock.
+	//
+	// It is not called when a hold ([Breaker.HoldOpenUntil]) begins or
+	// ends. A hold ends by the clock alone, with no call at which to report
+	// it, so a gauge set to "open" when a hold began would keep saying so
+	// after the breaker let requests through again, for as long as nobody
+	// asked. A gauge fed from OnStateChange therefore shows this replica's
+	// own breaker: "open" on the replica that saw the failures, "closed" on
+	// the replicas it holds open. [Breaker.State] and [Breaker.OpenUntil]
+	// include the hold, and so does every refusal.
 	OnStateChange func(from, to State)
-	// Now is the clock for [Breaker.OpenUntil]; nil means time.Now. It is
-	// called under gobreaker's lock when the breaker opens. gobreaker reads
-	// time.Now itself to decide when the open period ends, so a clock other
-	// than time.Now only moves what OpenUntil reports. Its times must lie
-	// within the years 1678–2262 (time.Time.UnixNano).
+	// Now is the clock for [Breaker.OpenUntil] and for holds; nil means
+	// time.Now. It is called under gobreaker's lock when the breaker opens,
+	// and by [Breaker.Allow] only while a hold is set. gobreaker reads
+	// time.Now itself to decide when its open period ends, so a clock other
+	// than time.Now only moves what OpenUntil reports and when holds end.
+	// Its times must lie within the years 1678–2262 (time.Time.UnixNano).
 	Now func() time.Time
 }
 
-// ErrOpen is returned by [Breaker.Allow] while the breaker is open, and
-// while it is half-open with all probes in flight. The errors returned also
-// match gobreaker.ErrOpenState or gobreaker.ErrTooManyRequests respectively
-// under errors.Is.
+// ErrOpen is returned by [Breaker.Allow] while the breaker is open or held
+// open ([Breaker.HoldOpenUntil]), and while it is half-open with all probes
+// in flight. The errors returned also match gobreaker.ErrOpenState (open or
+// held open) or gobreaker.ErrTooManyRequests (probes in flight) under
+// errors.Is.
 var ErrOpen = errors.New("breaker: open")
 
 // The refusals, built once so that refusing allocates nothing.
@@ -127,6 +147,11 @@ type Breaker struct {
 	// now, or 0 while it is not open. Written only by stateChanged, under
 	// gobreaker's lock; read without it.
 	openedAt atomic.Int64
+	// heldUntil is when the hold set by HoldOpenUntil ends, in Unix
+	// nanoseconds, or 0 when there is none. It only grows, except that a
+	// reader that finds it over swaps it back to 0 (compare-and-swap, so a
+	// newer hold is never lost).
+	heldUntil atomic.Int64
 }
 
 // New returns a closed breaker. Its error names every invalid setting.
@@ -220,13 +245,19 @@ func (p Permit) Done(o Outcome) {
 // Allow asks to send one request. On success the caller must call
 // [Permit.Done] on the result exactly once. On refusal it returns the zero
 // Permit and an error matching [ErrOpen]; [Breaker.OpenUntil] then says when
-// the open period ends (zero when the breaker is half-open with all probes in
-// flight, or has just turned half-open).
+// the open period or the hold ends (zero when the breaker is half-open with
+// all probes in flight, or has just turned half-open).
+//
+// A hold ([Breaker.HoldOpenUntil]) is checked first, with one atomic load
+// when there is none, and refuses without asking gobreaker.
 //
 // Allow returns a Permit rather than a done func(Outcome) because wrapping
 // gobreaker's done callback in a second closure would cost a second
 // allocation per request; a Permit costs only gobreaker's one.
 func (b *Breaker) Allow() (Permit, error) {
+	if b.held() {
+		return Permit{}, errOpenState
+	}
 	done, err := b.cb.Allow()
 	if err != nil {
 		if errors.Is(err, gobreaker.ErrTooManyRequests) {
@@ -237,22 +268,86 @@ func (b *Breaker) Allow() (Permit, error) {
 	return Permit{done: done}, nil
 }
 
-// State returns the breaker's state. An open breaker whose open period has
-// passed reports (and becomes) [HalfOpen].
+// State returns the breaker's state: [Open] while a hold lasts
+// ([Breaker.HoldOpenUntil]), otherwise its own gobreaker's. An open breaker
+// whose open period has passed reports (and becomes) [HalfOpen].
 func (b *Breaker) State() State {
+	if b.held() {
+		return Open
+	}
 	return fromGobreaker(b.cb.State())
 }
 
-// OpenUntil returns when the current open period ends: the moment the
-// breaker opened, by [Settings.Now], plus [Settings.OpenFor]. It returns the
-// zero time unless the breaker is open.
+// OpenUntil returns when the breaker lets requests through again: the later
+// of the end of its own open period (the moment it opened, by
+// [Settings.Now], plus [Settings.OpenFor]) and the end of a hold. It returns
+// the zero time unless the breaker is open or held open.
 func (b *Breaker) OpenUntil() time.Time {
 	// gobreaker turns open into half-open lazily, on the next call that looks
 	// at the state; State makes that happen, and stateChanged clears openedAt.
 	b.cb.State()
-	ns := b.openedAt.Load()
-	if ns == 0 {
-		return time.Time{}
+	var until time.Time
+	if ns := b.openedAt.Load(); ns != 0 {
+		until = time.Unix(0, ns).Add(b.openFor)
 	}
-	return time.Unix(0, ns).Add(b.openFor)
+	if h := b.heldUntil.Load(); h != 0 && b.now().UnixNano() < h {
+		if held := time.Unix(0, h); held.After(until) {
+			until = held
+		}
+	}
+	return until
+}
+
+// maxTime is the latest time whose UnixNano is defined.
+var maxTime = time.Unix(0, math.MaxInt64)
+
+// HoldOpenUntil holds the breaker open until the given moment, by
+// [Settings.Now]: until then [Breaker.Allow] refuses with the same errors as
+// an open breaker, [Breaker.State] reports [Open] and [Breaker.OpenUntil]
+// reports at least until. It is meant for a hint from another replica whose
+// own breaker for the same upstream opened (package cluster).
+//
+// A hold only ever extends: HoldOpenUntil reports whether it moved the end
+// of the hold later. An until not after now, or not after the current
+// hold's end, changes nothing. The breaker's own open period is not
+// compared: a hold that ends before it is kept, and changes nothing.
+//
+// A hold does not touch gobreaker: nothing is counted, the breaker does not
+// trip, and when the hold ends the breaker is whatever its own state is,
+// normally closed, so this replica resumes sending at once while the one
+// that opened its breaker probes. [Settings.OnStateChange] is not called
+// for holds (see there). HoldOpenUntil allocates nothing.
+func (b *Breaker) HoldOpenUntil(until time.Time) bool {
+	now := b.now()
+	if !until.After(now) {
+		return false
+	}
+	ns := int64(math.MaxInt64)
+	if until.Before(maxTime) {
+		ns = until.UnixNano()
+	}
+	for {
+		cur := b.heldUntil.Load()
+		if ns <= cur {
+			return false
+		}
+		if b.heldUntil.CompareAndSwap(cur, ns) {
+			return true
+		}
+	}
+}
+
+// held reports whether a hold lasts. It costs one atomic load when there is
+// none, so that Allow stays cheap; a hold found over is cleared so that the
+// next call costs only that load again.
+func (b *Breaker) held() bool {
+	h := b.heldUntil.Load()
+	if h == 0 {
+		return false
+	}
+	if b.now().UnixNano() < h {
+		return true
+	}
+	b.heldUntil.CompareAndSwap(h, 0)
+	return false
 }

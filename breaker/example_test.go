@@ -48,3 +48,29 @@ func Example() {
 	// breaker: closed -> open
 	// true open 30s
 }
+
+// A replica learns that another one's breaker for the same upstream opened
+// (package cluster), and refuses until the same moment without seeing a
+// failure of its own.
+func ExampleBreaker_HoldOpenUntil() {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	b, err := breaker.New(breaker.Settings{
+		Name: "openai", FailureThreshold: 5, OpenFor: 30 * time.Second, HalfOpenRequests: 1,
+		Now: func() time.Time { return now },
+	})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(b.HoldOpenUntil(now.Add(20 * time.Second)))
+	fmt.Println(b.HoldOpenUntil(now.Add(10 * time.Second))) // never shortens
+	_, err = b.Allow()
+	fmt.Println(errors.Is(err, breaker.ErrOpen), b.State(), b.OpenUntil().Sub(now))
+	now = now.Add(20 * time.Second)
+	_, err = b.Allow()
+	fmt.Println(err, b.State())
+	// Output:
+	// true
+	// false
+	// true open 20s
+	// <nil> closed
+}
