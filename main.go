@@ -311,13 +311,19 @@ func proxySettings(cfg *config.Config) (proxy.Settings, error) {
 		RedactHeaders:  cfg.DeadLetter.RedactHeaders,
 	}
 	for _, c := range cfg.Classes {
+		var headroom float64 // nil only in a Config that Load did not default
+		if c.Headroom != nil {
+			headroom = *c.Headroom
+		}
 		s.Classes = append(s.Classes, proxy.Class{
-			Name:        c.Name,
-			MaxWait:     c.MaxWait,
-			MaxQueue:    c.MaxQueue,
-			Weight:      c.Weight,
-			Share:       c.Share,
-			MaxAttempts: c.MaxAttempts,
+			Name:         c.Name,
+			MaxWait:      c.MaxWait,
+			MaxQueue:     c.MaxQueue,
+			Weight:       c.Weight,
+			Share:        c.Share,
+			MaxAttempts:  c.MaxAttempts,
+			Headroom:     headroom,
+			CommitWithin: c.CommitWithin,
 		})
 	}
 	for _, r := range cfg.Routes {

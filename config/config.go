@@ -34,6 +34,7 @@ const (
 	defaultClassName       = "default"
 	defaultEmbeddingsPath  = "/v1/embeddings"
 	defaultEmbeddingsClass = "low"
+	defaultHeadroom        = 0.2 // every class but the first
 	defaultStream          = "sluice:deadletters"
 	defaultFile            = "deadletters.jsonl"
 	defaultTokenEstimator  = "bytes"
@@ -83,7 +84,8 @@ type Config struct {
 	// Classes are the priority classes, highest priority first. When the
 	// list is absent or empty it defaults to critical (max_wait 30s,
 	// max_queue 1000), high (1m, 5000), default (2m, 10000) and low (1h,
-	// 100000, share 0.5). A list that is given replaces the defaults whole.
+	// 100000, share 0.5), each below critical with headroom 0.2. A list
+	// that is given replaces the defaults whole.
 	Classes []Class `yaml:"classes"`
 	// DefaultClass is the class of a request without X-Priority and without
 	// a matching route. Default "default". Must name a class.
@@ -151,9 +153,9 @@ type Class struct {
 	// MaxQueue is how many requests of this class may wait per provider;
 	// beyond it requests get 429. Required, > 0.
 	MaxQueue int `yaml:"max_queue"`
-	// Share is the fraction of each quota this class may use, keeping
-	// headroom for the classes above it. 0 (absent) means 1, the whole
-	// quota. Must be in (0, 1].
+	// Share is the fraction of each quota this class may use, keeping the
+	// rest for the classes above it. 0 (absent) means 1, the whole quota.
+	// Must be in (0, 1].
 	Share float64 `yaml:"share"`
 	// MaxAttempts caps upstream attempts for this class. 0 means the
 	// provider's retry.max_attempts. Must be >= 0.
@@ -164,6 +166,28 @@ type Class struct {
 	// (absent) means 2^(n-1-i) for the i-th of n classes (8, 4, 2, 1 for
 	// the defaults). Must be in [0, 1000].
 	Weight int `yaml:"weight"`
+	// Headroom is the fraction of every quota's burst that a request of
+	// this class must leave unused: it goes only while, after its charge,
+	// that much of each rate bucket (provider, model, and the class's own
+	// share ceiling) is still free, or, if it is larger than the rest,
+	// only when the bucket is full. The default, 0.2, leaves the top 20%
+	// of every bucket's burst to the classes above, across all replicas
+	// in shared mode, where the bucket is first come, first served and no
+	// local queue can order the replicas. It costs nothing when only one
+	// class has traffic except that burst: the rate is the same, a burst
+	// just ends 20% earlier. Absent means 0 for the first (highest) class
+	// and 0.2 for every other class. Must be in [0, 1).
+	Headroom *float64 `yaml:"headroom"`
+	// CommitWithin lets a request of this class, when it is next in line,
+	// commit a slot up to this far ahead instead of only one that is free
+	// now, and wait for it with its place kept. In shared mode replicas
+	// race for each slot as it frees up; a class that may commit ahead
+	// cannot be starved by that race, so the top class benefits from about
+	// 250ms (FIELD-NOTES §6.4); single-replica mode gains nothing from it.
+	// While a committed slot is pending, the provider's queue waits for
+	// it. 0 (absent) means only slots free now. Must be >= 0 and at most
+	// max_wait.
+	CommitWithin time.Duration `yaml:"commit_within"`
 }
 
 // Route gives requests to a path a default class, used when a request has
@@ -358,11 +382,24 @@ func Default() *Config {
 
 func defaultClasses() []Class {
 	return []Class{
-		{Name: "critical", MaxWait: 30 * time.Second, MaxQueue: 1000, Share: 1, Weight: 8},
-		{Name: "high", MaxWait: time.Minute, MaxQueue: 5000, Share: 1, Weight: 4},
-		{Name: defaultClassName, MaxWait: 2 * time.Minute, MaxQueue: 10000, Share: 1, Weight: 2},
-		{Name: defaultEmbeddingsClass, MaxWait: time.Hour, MaxQueue: 100000, Share: 0.5, Weight: 1},
+		{Name: "critical", MaxWait: 30 * time.Second, MaxQueue: 1000, Share: 1, Weight: 8, Headroom: fraction(0)},
+		{Name: "high", MaxWait: time.Minute, MaxQueue: 5000, Share: 1, Weight: 4, Headroom: fraction(defaultHeadroom)},
+		{Name: defaultClassName, MaxWait: 2 * time.Minute, MaxQueue: 10000, Share: 1, Weight: 2, Headroom: fraction(defaultHeadroom)},
+		{Name: defaultEmbeddingsClass, MaxWait: time.Hour, MaxQueue: 100000, Share: 0.5, Weight: 1, Headroom: fraction(defaultHeadroom)},
 	}
+}
+
+// fraction returns a pointer to a new copy of f.
+func fraction(f float64) *float64 { return &f }
+
+// defaultHeadroomOf is the headroom of the i-th class when it sets none:
+// the first class keeps nothing free, the others leave the top of each
+// burst to the classes above.
+func defaultHeadroomOf(i int) float64 {
+	if i == 0 {
+		return 0
+	}
+	return defaultHeadroom
 }
 
 // defaultWeight halves the weight from one class to the next, so each class
@@ -506,6 +543,9 @@ func (c *Config) applyDefaults() {
 		}
 		if c.Classes[i].Weight == 0 {
 			c.Classes[i].Weight = defaultWeight(i, len(c.Classes))
+		}
+		if c.Classes[i].Headroom == nil {
+			c.Classes[i].Headroom = fraction(defaultHeadroomOf(i))
 		}
 	}
 	if len(c.Routes) == 0 {

@@ -145,6 +145,10 @@ func TestBadFixtures(t *testing.T) {
 		{"log-level-unknown", `log_level: must be one of debug, info, warn, error, got "verbose"`},
 		{"control-character", `providers[openai].models[0].name: must not contain control characters, got "gpt-4o\n"`},
 		{"class-weight-negative", "classes[critical].weight: must be in [1, 1000], got -2"},
+		{"class-headroom-out-of-range", "classes[low].headroom: must be in [0, 1), got 1"},
+		{"class-headroom-negative", "classes[high].headroom: must be in [0, 1), got -0.2"},
+		{"class-commit-within-negative", "classes[critical].commit_within: must be >= 0, got -250ms"},
+		{"class-commit-within-over-max-wait", "classes[critical].commit_within: must be <= max_wait (5s), got 10s"},
 		{"token-estimator-unknown", `token_estimator: must be bytes or tiktoken, got "chars"`},
 		{"default-max-tokens-negative", "providers[openai].default_max_tokens: must be >= 0, got -1"},
 		{"retry-max-pause-negative", "providers[openai].retry.max_pause: must be > 0, got -1s"},
@@ -232,10 +236,10 @@ func TestMinimalDefaults(t *testing.T) {
 		Admin:         Admin{Listen: "127.0.0.1:9090"},
 		Redis:         Redis{DialTimeout: 200 * time.Millisecond, CommandTimeout: 50 * time.Millisecond},
 		Classes: []Class{
-			{Name: "critical", MaxWait: 30 * time.Second, MaxQueue: 1000, Share: 1, Weight: 8},
-			{Name: "high", MaxWait: time.Minute, MaxQueue: 5000, Share: 1, Weight: 4},
-			{Name: "default", MaxWait: 2 * time.Minute, MaxQueue: 10000, Share: 1, Weight: 2},
-			{Name: "low", MaxWait: time.Hour, MaxQueue: 100000, Share: 0.5, Weight: 1},
+			{Name: "critical", MaxWait: 30 * time.Second, MaxQueue: 1000, Share: 1, Weight: 8, Headroom: fraction(0)},
+			{Name: "high", MaxWait: time.Minute, MaxQueue: 5000, Share: 1, Weight: 4, Headroom: fraction(0.2)},
+			{Name: "default", MaxWait: 2 * time.Minute, MaxQueue: 10000, Share: 1, Weight: 2, Headroom: fraction(0.2)},
+			{Name: "low", MaxWait: time.Hour, MaxQueue: 100000, Share: 0.5, Weight: 1, Headroom: fraction(0.2)},
 		},
 		TokenEstimator: "bytes",
 		DefaultClass:   "default",
@@ -275,6 +279,10 @@ func TestFullFixture(t *testing.T) {
 		{"classes replace the defaults", len(c.Classes), 2},
 		{"class share absent means 1", c.Classes[0].Share, 1.0},
 		{"class share", c.Classes[1].Share, 0.25},
+		{"class headroom", *c.Classes[0].Headroom, 0.1},
+		{"class headroom 0 is kept", *c.Classes[1].Headroom, 0.0},
+		{"class commit_within", c.Classes[0].CommitWithin, 250 * time.Millisecond},
+		{"class commit_within absent means 0", c.Classes[1].CommitWithin, time.Duration(0)},
 		{"routes as written", len(c.Routes), 2},
 		{"default provider", c.DefaultProvider().Name, "azure"},
 		{"trailing slash trimmed", c.Providers[0].BaseURL, "https://example.openai.azure.com/openai/deployments"},
@@ -381,6 +389,36 @@ providers:
 	}
 	if c.Routes != nil {
 		t.Errorf("Routes = %v, want none without a class named low", c.Routes)
+	}
+}
+
+func TestClassHeadroomDefaults(t *testing.T) {
+	text := `
+classes:
+  - {name: a, max_wait: 1s, max_queue: 1}
+  - {name: b, max_wait: 1s, max_queue: 1}
+  - {name: c, max_wait: 1s, max_queue: 1, headroom: 0}
+  - {name: d, max_wait: 1s, max_queue: 1, headroom: 0.5}
+default_class: a
+providers: [{name: p, base_url: 'https://p.example'}]
+`
+	c, err := Parse([]byte(text), nil)
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	// The first class keeps nothing free, the others 20% unless they say
+	// otherwise; an explicit 0 is not the default.
+	for i, want := range []float64{0, 0.2, 0, 0.5} {
+		if got := c.Classes[i].Headroom; got == nil || *got != want {
+			t.Errorf("classes[%s].headroom = %v, want %v", c.Classes[i].Name, got, want)
+		}
+	}
+	// Default() sets the same, so the shipped config may leave them out;
+	// and the pointers are fresh on every call.
+	d := Default()
+	*d.Classes[1].Headroom = 0.9
+	if got := *Default().Classes[1].Headroom; got != 0.2 {
+		t.Errorf("Default() shares headroom between calls: got %v, want 0.2", got)
 	}
 }
 

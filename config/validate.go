@@ -214,6 +214,16 @@ func (c *Config) validateClasses(p *problems) {
 		if cl.Weight < 1 || cl.Weight > maxWeight {
 			p.addf(key+".weight", "must be in [1, %d], got %d", maxWeight, cl.Weight)
 		}
+		// Absent (nil) is the default; written so that NaN fails too.
+		if h := cl.Headroom; h != nil && !(*h >= 0 && *h < 1) {
+			p.addf(key+".headroom", "must be in [0, 1), got %v", *h)
+		}
+		switch {
+		case cl.CommitWithin < 0:
+			p.addf(key+".commit_within", "must be >= 0, got %v", cl.CommitWithin)
+		case cl.CommitWithin > cl.MaxWait && cl.MaxWait > 0:
+			p.addf(key+".commit_within", "must be <= max_wait (%v), got %v", cl.MaxWait, cl.CommitWithin)
+		}
 	}
 	names := make([]string, 0, len(c.Classes))
 	for _, cl := range c.Classes {

@@ -25,19 +25,26 @@ func TestHotPathAllocs(t *testing.T) {
 			}{
 				{"ReserveAt", func() {
 					now = now.Add(benchStep)
-					if d := l.ReserveAt(now, bs, c, 0); !d.OK {
+					if d := l.ReserveAt(now, bs, c, Ask{}); !d.OK {
 						t.Fatalf("ReserveAt = %+v, want OK", d)
 					}
 					l.Release(ctx, bs)
 				}},
+				{"ReserveAt with headroom", func() {
+					now = now.Add(benchStep)
+					if d := l.ReserveAt(now, bs, c, Ask{Headroom: 0.2}); !d.OK {
+						t.Fatalf("ReserveAt with headroom = %+v, want OK", d)
+					}
+					l.Release(ctx, bs)
+				}},
 				{"Reserve", func() {
-					if d, _ := l.Reserve(ctx, bs, c, time.Hour); !d.OK {
+					if d, _ := l.Reserve(ctx, bs, c, Ask{CommitWithin: time.Hour}); !d.OK {
 						t.Fatalf("Reserve = %+v, want OK", d)
 					}
 					l.Adjust(ctx, bs, Cost{Requests: -1, Tokens: -100})
 					l.Release(ctx, bs)
 				}},
-				{"refused", func() { l.ReserveAt(now, bs, Cost{Tokens: 1 << 40}, 0) }},
+				{"refused", func() { l.ReserveAt(now, bs, Cost{Tokens: 1 << 40}, Ask{}) }},
 				{"Estimate", func() { l.Estimate(bs, Cost{Requests: 100, Tokens: 1e6}) }},
 				{"Usage", func() { l.Usage(bs[0]) }},
 			}

@@ -39,11 +39,27 @@ func BenchmarkReserve(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				now = now.Add(benchStep)
-				if d := l.ReserveAt(now, bs, c, 0); !d.OK {
+				if d := l.ReserveAt(now, bs, c, Ask{}); !d.OK {
 					b.Fatalf("ReserveAt = %+v, want OK", d)
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkReserveHeadroom is BenchmarkReserve over two buckets for a
+// request that asks for headroom: the 128-bit product per dimension.
+func BenchmarkReserveHeadroom(b *testing.B) {
+	l := newLocal()
+	bs := steadyBuckets(b, l, 2)
+	c := Cost{Requests: 1, Tokens: 100}
+	now := epoch
+	b.ReportAllocs()
+	for b.Loop() {
+		now = now.Add(benchStep)
+		if d := l.ReserveAt(now, bs, c, Ask{Headroom: 0.2}); !d.OK {
+			b.Fatalf("ReserveAt = %+v, want OK", d)
+		}
 	}
 }
 
@@ -66,7 +82,7 @@ func BenchmarkReserveParallel(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if d, _ := l.Reserve(ctx, bs, c, time.Second); !d.OK {
+			if d, _ := l.Reserve(ctx, bs, c, Ask{CommitWithin: time.Second}); !d.OK {
 				b.Errorf("Reserve = %+v, want OK", d)
 				return
 			}
@@ -80,7 +96,7 @@ func BenchmarkReserveParallel(b *testing.B) {
 func BenchmarkEstimate(b *testing.B) {
 	l := newLocal()
 	bs := steadyBuckets(b, l, 2)
-	l.ReserveAt(epoch, bs, Cost{Requests: 1000, Tokens: 1000}, 0)
+	l.ReserveAt(epoch, bs, Cost{Requests: 1000, Tokens: 1000}, Ask{})
 	c := Cost{Requests: 500, Tokens: 1e7}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -80,7 +80,7 @@ func TestConcurrentUse(t *testing.T) {
 			w.held = kept
 			class := w.rng.IntN(2)
 			c := Cost{Requests: 1, Tokens: 1 + w.rng.Int64N(400)}
-			d, err := l.Reserve(ctx, classes[class], c, 0)
+			d, err := l.Reserve(ctx, classes[class], c, Ask{})
 			switch {
 			case err != nil:
 				t.Errorf("Reserve: %v", err)

@@ -30,16 +30,16 @@ func Example() {
 	path := []*limiter.Bucket{provider, batch}
 	ctx := context.Background()
 
-	d, _ := l.Reserve(ctx, path, limiter.Cost{Requests: 1, Tokens: 2500}, 0)
+	d, _ := l.Reserve(ctx, path, limiter.Cost{Requests: 1, Tokens: 2500}, limiter.Ask{})
 	fmt.Printf("first: ok=%v wait=%v\n", d.OK, d.Wait)
-	d, _ = l.Reserve(ctx, path, limiter.Cost{Requests: 1, Tokens: 1000}, 0)
+	d, _ = l.Reserve(ctx, path, limiter.Cost{Requests: 1, Tokens: 1000}, limiter.Ask{})
 	fmt.Printf("second: ok=%v wait=%v bucket=%s\n", d.OK, d.Wait, path[d.Bucket].Key())
 
 	// The first response used 1000 tokens only: refund the rest, give the
 	// concurrency slot back, and the second request fits.
 	l.Adjust(ctx, path, limiter.Cost{Tokens: 1000 - 2500})
 	l.Release(ctx, path)
-	d, _ = l.Reserve(ctx, path, limiter.Cost{Requests: 1, Tokens: 1000}, 0)
+	d, _ = l.Reserve(ctx, path, limiter.Cost{Requests: 1, Tokens: 1000}, limiter.Ask{})
 	fmt.Printf("after the refund: ok=%v wait=%v\n", d.OK, d.Wait)
 	// Output:
 	// first: ok=true wait=0s

@@ -8,11 +8,14 @@
 // is the emission interval (one unit's worth of time) and τ the burst
 // tolerance. The answer is closed-form, so a request that has to wait
 // learns for how long, and buckets and dimensions combine by taking the
-// longest wait (FIELD-NOTES §1.8, §7.1). The invariant kept: over any
-// interval of length W, a bucket admits at most τ/T + W/T units in each
-// dimension (its burst capacity plus its rate over W), net of the refunds
-// made in that interval (with one caveat for refunds made while a slot
-// committed for later is pending; see [Local.AdjustAt]).
+// longest wait (FIELD-NOTES §1.8, §7.1). A reservation may also ask to
+// leave part of every burst unused ([Ask].Headroom), as lower priority
+// classes do so that the top of each bucket stays with the classes above
+// (FIELD-NOTES §6.4); that only ever admits less. The invariant kept: over
+// any interval of length W, a bucket admits at most τ/T + W/T units in
+// each dimension (its burst capacity plus its rate over W), net of the
+// refunds made in that interval (with one caveat for refunds made while a
+// slot committed for later is pending; see [Local.AdjustAt]).
 //
 // [Local] keeps the state in process. A shared limiter for several replicas
 // is to run the same integer arithmetic in one Redis script behind the same
@@ -64,8 +67,9 @@ type Decision struct {
 	// and the rate charge, and may send the request after Wait.
 	OK bool
 	// Wait is, when OK, the time until the reserved slot (at most the
-	// commitWithin asked for). When none of OK, Busy and Never is set, it is
-	// the earliest time the cost would fit if nothing else changed. When
+	// [Ask].CommitWithin asked for). When none of OK, Busy and Never is set,
+	// it is the earliest time the cost would fit, with the headroom asked
+	// for, if nothing else changed. When
 	// Busy, it is still the rate wait (possibly 0): the caller should ask
 	// again after a Release, but not before Wait has passed.
 	Wait time.Duration

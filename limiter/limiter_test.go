@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,8 @@ type op struct {
 	at     time.Duration // since epoch
 	kind   string        // "reserve", "adjust", "release" or "estimate"
 	cost   Cost          // reserve, estimate: the cost; adjust: the delta
-	within time.Duration // reserve: commitWithin
+	within time.Duration // reserve: Ask.CommitWithin
+	room   float64       // reserve: Ask.Headroom
 	want   Decision      // reserve
 	wait   time.Duration // estimate
 }
@@ -71,8 +73,9 @@ func run(t *testing.T, lim Limits, ops []op) {
 		now := epoch.Add(o.at)
 		switch o.kind {
 		case "reserve":
-			if got := l.ReserveAt(now, bs, o.cost, o.within); got != o.want {
-				t.Fatalf("step %d: ReserveAt(%v, %+v, %v) = %+v, want %+v", i, o.at, o.cost, o.within, got, o.want)
+			ask := Ask{CommitWithin: o.within, Headroom: o.room}
+			if got := l.ReserveAt(now, bs, o.cost, ask); got != o.want {
+				t.Fatalf("step %d: ReserveAt(%v, %+v, %+v) = %+v, want %+v", i, o.at, o.cost, ask, got, o.want)
 			}
 		case "adjust":
 			l.AdjustAt(now, bs, o.cost)
@@ -219,9 +222,54 @@ func TestScenarios(t *testing.T) {
 			{kind: "reserve", cost: req(1), want: ok(0)},
 			{kind: "reserve", cost: req(1), want: Decision{Busy: true}},
 		}},
-		{"a negative commitWithin counts as zero", rpm60, []op{
+		{"a negative CommitWithin counts as zero", rpm60, []op{
 			{kind: "reserve", cost: req(1), within: -time.Second, want: ok(0)},
 			{kind: "reserve", cost: req(1), within: -time.Second, want: notBefore(time.Second)},
+		}},
+		{"headroom 0.2 waits while over 80% is used; headroom 0 goes", tpm6000, []op{
+			{kind: "reserve", cost: Cost{Tokens: 4900}, want: ok(0)},
+			// 1100 of 6000 left: 100 more would leave 1000, less than the
+			// 1200 headroom; 200 tokens of refill (2s) fix that.
+			{kind: "reserve", cost: Cost{Tokens: 100}, room: 0.2, want: notBefore(2 * time.Second)},
+			{kind: "reserve", cost: Cost{Tokens: 100}, room: 0.2, within: 2 * time.Second, want: ok(2 * time.Second)},
+			{kind: "adjust", cost: Cost{Tokens: -100}},
+			{kind: "reserve", cost: Cost{Tokens: 100}, want: ok(0)},
+			{kind: "reserve", cost: Cost{Tokens: 100}, room: 0.2, want: notBefore(3 * time.Second)},
+			{kind: "estimate", cost: Cost{Tokens: 100}, wait: 0}, // estimates ignore headroom
+			{at: 3 * time.Second, kind: "reserve", cost: Cost{Tokens: 100}, room: 0.2, want: ok(0)},
+			{at: 3 * time.Second, kind: "reserve", cost: Cost{Tokens: 100}, room: 0.2, want: notBefore(time.Second)},
+			{at: 3 * time.Second, kind: "reserve", cost: Cost{Tokens: 1100}, want: ok(0)},
+		}},
+		{"a request larger than the burst less the headroom goes on a full bucket", tpm6000, []op{
+			// 5000 > 6000 × (1 − 0.2): it fits a full bucket only.
+			{kind: "reserve", cost: Cost{Tokens: 5000}, room: 0.2, want: ok(0)},
+			{kind: "reserve", cost: Cost{Tokens: 5000}, room: 0.2, want: notBefore(50 * time.Second)},
+			{at: 49 * time.Second, kind: "reserve", cost: Cost{Tokens: 5000}, room: 0.2, want: notBefore(time.Second)},
+			{at: 50 * time.Second, kind: "reserve", cost: Cost{Tokens: 5000}, room: 0.2, want: ok(0)},
+			// The whole burst, with the largest headroom, still goes on a
+			// full bucket; one token more is never admitted, with or
+			// without headroom.
+			{at: 100 * time.Second, kind: "reserve", cost: Cost{Tokens: 6001}, room: 0.5, want: Decision{Never: true}},
+			{at: 100 * time.Second, kind: "reserve", cost: Cost{Tokens: 6000}, room: 0.999, want: ok(0)},
+			// Headroom 1 and more counts as the largest: only a full
+			// bucket will do, even for one token.
+			{at: 100 * time.Second, kind: "reserve", cost: Cost{Tokens: 1}, room: 1, within: time.Hour, want: ok(60 * time.Second)},
+		}},
+		{"headroom on requests: 60 RPM with a 5s burst keeps one request", Limits{RequestsPerMinute: 60, RequestBurst: 5 * time.Second}, []op{
+			{kind: "reserve", cost: req(4), want: ok(0)},
+			{kind: "reserve", cost: req(1), room: 0.2, want: notBefore(time.Second)},
+			{kind: "reserve", cost: req(1), want: ok(0)},
+			{kind: "reserve", cost: req(1), room: 0.2, want: notBefore(2 * time.Second)},
+		}},
+		{"headroom leaves the one request a short burst always holds", rpmHalf, []op{
+			{kind: "reserve", cost: req(1), room: 0.9, want: ok(0)},
+			{kind: "reserve", cost: req(1), room: 0.9, want: notBefore(120 * time.Second)},
+			{at: 120 * time.Second, kind: "reserve", cost: req(1), room: 0.9, want: ok(0)},
+		}},
+		{"headroom changes neither Busy nor its rate wait at one request's burst", oneInFlight, []op{
+			{kind: "reserve", cost: req(1), room: 0.5, want: ok(0)},
+			{kind: "reserve", cost: req(1), room: 0.5, want: Decision{Busy: true, Wait: time.Second}},
+			{at: time.Second, kind: "reserve", cost: req(1), room: 0.5, want: Decision{Busy: true}},
 		}},
 		{"a bucket without limits always admits", Limits{}, []op{
 			{kind: "reserve", cost: Cost{Requests: 1 << 50, Tokens: 1 << 62}, want: ok(0)},
@@ -233,6 +281,108 @@ func TestScenarios(t *testing.T) {
 	}
 }
 
+// TestHeadroomClamps plays the same random run on pairs of Locals whose
+// asks differ only in headroom values that must count the same: zero,
+// negative and NaN headroom (that is, a reservation exactly as without
+// headroom), and 1 and beyond against the largest headroom below 1.
+func TestHeadroomClamps(t *testing.T) {
+	lim := Limits{RequestsPerMinute: 120, RequestBurst: 3 * time.Second, TokensPerMinute: 60000, TokenBurst: 10 * time.Second, MaxConcurrency: 4}
+	pairs := []struct {
+		name string
+		a, b float64
+	}{
+		{"negative", 0, -0.5},
+		{"negative zero", 0, math.Copysign(0, -1)},
+		{"minus infinity", 0, math.Inf(-1)},
+		{"NaN", 0, math.NaN()},
+		{"one", 1 - 1e-12, 1},
+		{"above one", 1 - 1e-12, 7},
+		{"infinity", 1 - 1e-12, math.Inf(1)},
+	}
+	for _, p := range pairs {
+		t.Run(p.name, func(t *testing.T) {
+			la, lb := newLocal(), newLocal()
+			ba := []*Bucket{mustBucket(t, la, "p", lim), mustBucket(t, la, "c", scale(lim, 0.5))}
+			bb := []*Bucket{mustBucket(t, lb, "p", lim), mustBucket(t, lb, "c", scale(lim, 0.5))}
+			rng := rand.New(rand.NewPCG(1, 2))
+			now := epoch
+			for i := range 2000 {
+				now = now.Add(time.Duration(rng.Int64N(int64(200 * time.Millisecond))))
+				if rng.IntN(4) == 0 {
+					la.Release(t.Context(), ba)
+					lb.Release(t.Context(), bb)
+				}
+				c := Cost{Requests: 1, Tokens: rng.Int64N(3000)}
+				within := time.Duration(rng.Int64N(int64(time.Second)))
+				da := la.ReserveAt(now, ba, c, Ask{CommitWithin: within, Headroom: p.a})
+				db := lb.ReserveAt(now, bb, c, Ask{CommitWithin: within, Headroom: p.b})
+				if da != db {
+					t.Fatalf("step %d: headroom %v gives %+v, headroom %v gives %+v", i, p.a, da, p.b, db)
+				}
+			}
+		})
+	}
+}
+
+// TestHeadroomIgnoresPauseAndConcurrency: a pause holds every headroom
+// alike, and headroom is not asked of a bucket without rates.
+func TestHeadroomIgnoresPauseAndConcurrency(t *testing.T) {
+	l := newLocal()
+	slots := mustBucket(t, l, "slots", Limits{MaxConcurrency: 2})
+	rates := mustBucket(t, l, "rates", tpm6000)
+	bs := []*Bucket{slots, rates}
+	l.PauseAt(epoch, rates, epoch.Add(5*time.Second))
+	for _, h := range []float64{0, 0.2, 0.9} {
+		if got, want := l.ReserveAt(epoch, bs, Cost{Requests: 1, Tokens: 100}, Ask{Headroom: h}), (Decision{Wait: 5 * time.Second, Bucket: 1}); got != want {
+			t.Errorf("headroom %v during a 5s pause: ReserveAt = %+v, want %+v", h, got, want)
+		}
+	}
+	at := epoch.Add(5 * time.Second)
+	for i := range 2 {
+		if got := l.ReserveAt(at, []*Bucket{slots}, req(1), Ask{Headroom: 0.9}); got != ok(0) {
+			t.Errorf("slot %d with headroom 0.9: ReserveAt = %+v, want %+v", i+1, got, ok(0))
+		}
+	}
+	if got, want := l.ReserveAt(at, []*Bucket{slots}, req(1), Ask{Headroom: 0.9}), (Decision{Busy: true}); got != want {
+		t.Errorf("third slot: ReserveAt = %+v, want %+v", got, want)
+	}
+}
+
+// TestReserved pins the headroom arithmetic: parts per billion rounded
+// up, and ceil(h·τ) exact up to the largest tolerance.
+func TestReserved(t *testing.T) {
+	ppb := []struct {
+		h    float64
+		want uint64
+	}{
+		{0, 0}, {-1, 0}, {math.NaN(), 0}, {1e-300, 1}, {0.2, 2e8}, {0.25, 25e7},
+		{0.3, 3e8}, {1.0 / 3, 333333334}, {1 - 1e-12, 1e9}, {1, 1e9}, {math.Inf(1), 1e9},
+	}
+	for _, tt := range ppb {
+		if got := partsPerBillion(tt.h); got != tt.want {
+			t.Errorf("partsPerBillion(%v) = %d, want %d", tt.h, got, tt.want)
+		}
+	}
+	res := []struct {
+		tol  int64
+		h    uint64
+		want int64
+	}{
+		{0, 2e8, 0},
+		{60e9, 2e8, 12e9},
+		{7, 1, 1}, // rounded up
+		{1e9, 333333334, 333333334},
+		{maxSpan, 1e9, maxSpan}, // the largest product
+		{maxSpan, 1, maxSpan/billion + 1},
+		{maxSpan, 5e8, maxSpan / 2},
+	}
+	for _, tt := range res {
+		if got := reserved(tt.tol, tt.h); got != tt.want {
+			t.Errorf("reserved(%d, %d) = %d, want %d", tt.tol, tt.h, got, tt.want)
+		}
+	}
+}
+
 // TestBurst500RPM: a burst of 1s at 500 RPM (one per 120ms) holds 8⅓
 // requests. Eight go at once, the ninth once the third it already holds has
 // become a whole request, 80ms later, and then one per 120ms.
@@ -240,18 +390,18 @@ func TestBurst500RPM(t *testing.T) {
 	l := newLocal()
 	bs := []*Bucket{mustBucket(t, l, "p", rpm500)}
 	for i := range 8 {
-		if got := l.ReserveAt(epoch, bs, req(1), 0); got != ok(0) {
+		if got := l.ReserveAt(epoch, bs, req(1), Ask{}); got != ok(0) {
 			t.Fatalf("request %d at 0: got %+v, want %+v", i+1, got, ok(0))
 		}
 	}
 	now := epoch
 	next := 80 * time.Millisecond
 	for i := 8; i < 20; i++ {
-		if got := l.ReserveAt(now, bs, req(1), 0); got != notBefore(next) {
+		if got := l.ReserveAt(now, bs, req(1), Ask{}); got != notBefore(next) {
 			t.Fatalf("request %d at %v: got %+v, want %+v", i+1, now.Sub(epoch), got, notBefore(next))
 		}
 		now = now.Add(next)
-		if got := l.ReserveAt(now, bs, req(1), 0); got != ok(0) {
+		if got := l.ReserveAt(now, bs, req(1), Ask{}); got != ok(0) {
 			t.Fatalf("request %d at %v: got %+v, want %+v", i+1, now.Sub(epoch), got, ok(0))
 		}
 		next = 120 * time.Millisecond
@@ -366,7 +516,7 @@ func TestMultiBucket(t *testing.T) {
 				for _, i := range c.buckets {
 					bs = append(bs, all[i])
 				}
-				if d := l.ReserveAt(epoch, bs, c.cost, 0); !d.OK {
+				if d := l.ReserveAt(epoch, bs, c.cost, Ask{}); !d.OK {
 					t.Fatalf("charging %+v on %v: got %+v, want OK", c.cost, c.buckets, d)
 				}
 				if !c.keep {
@@ -377,7 +527,7 @@ func TestMultiBucket(t *testing.T) {
 			for i, b := range all {
 				before[i] = l.UsageAt(epoch, b)
 			}
-			got := l.ReserveAt(epoch, all, tt.ask, tt.within)
+			got := l.ReserveAt(epoch, all, tt.ask, Ask{CommitWithin: tt.within})
 			if got != tt.want {
 				t.Fatalf("ReserveAt(%+v, %v) = %+v, want %+v", tt.ask, tt.within, got, tt.want)
 			}
@@ -409,8 +559,8 @@ func TestUsage(t *testing.T) {
 	if got := l.UsageAt(epoch, b); got != want {
 		t.Fatalf("UsageAt(start) = %+v, want %+v", got, want)
 	}
-	l.ReserveAt(epoch, bs, tok(4000), 0)
-	l.ReserveAt(epoch, bs, tok(1000), 0)
+	l.ReserveAt(epoch, bs, tok(4000), Ask{})
+	l.ReserveAt(epoch, bs, tok(1000), Ask{})
 	want = Usage{Requests: 3, Tokens: 1000, RequestCapacity: 5, TokenCapacity: 6000, Inflight: 2}
 	if got := l.UsageAt(epoch, b); got != want {
 		t.Fatalf("UsageAt(after 2 requests) = %+v, want %+v", got, want)
@@ -440,20 +590,20 @@ func TestShorthands(t *testing.T) {
 	l := NewLocal(func() time.Time { return now })
 	bs := []*Bucket{mustBucket(t, l, "p", rpm60)}
 	ctx := context.Background()
-	if d, err := l.Reserve(ctx, bs, req(1), 0); d != ok(0) || err != nil {
+	if d, err := l.Reserve(ctx, bs, req(1), Ask{}); d != ok(0) || err != nil {
 		t.Fatalf("Reserve = %+v, %v; want %+v, nil", d, err, ok(0))
 	}
 	if got := l.Estimate(bs, req(1)); got != time.Second {
 		t.Fatalf("Estimate = %v, want 1s", got)
 	}
 	now = now.Add(400 * time.Millisecond)
-	if d, err := l.Reserve(ctx, bs, req(1), 0); d != notBefore(600*time.Millisecond) || err != nil {
+	if d, err := l.Reserve(ctx, bs, req(1), Ask{}); d != notBefore(600*time.Millisecond) || err != nil {
 		t.Fatalf("Reserve = %+v, %v; want %+v, nil", d, err, notBefore(600*time.Millisecond))
 	}
 	if err := l.Adjust(ctx, bs, req(-1)); err != nil {
 		t.Fatalf("Adjust: %v", err)
 	}
-	if d, err := l.Reserve(ctx, bs, req(1), 0); d != ok(0) || err != nil {
+	if d, err := l.Reserve(ctx, bs, req(1), Ask{}); d != ok(0) || err != nil {
 		t.Fatalf("Reserve after refund = %+v, %v; want %+v, nil", d, err, ok(0))
 	}
 }
@@ -461,7 +611,7 @@ func TestShorthands(t *testing.T) {
 func TestNewLocalDefaultsToTimeNow(t *testing.T) {
 	l := NewLocal(nil)
 	bs := []*Bucket{mustBucket(t, l, "p", rpm60)}
-	if d, _ := l.Reserve(context.Background(), bs, req(1), 0); !d.OK {
+	if d, _ := l.Reserve(context.Background(), bs, req(1), Ask{}); !d.OK {
 		t.Fatalf("Reserve on a fresh bucket = %+v, want OK", d)
 	}
 	// The next request waits up to a second of real time, less whatever
@@ -562,7 +712,7 @@ func TestForeignBucketPanics(t *testing.T) {
 	theirs := mustBucket(t, b, "theirs", rpm60)
 	mine := mustBucket(t, a, "mine", rpm60)
 	calls := map[string]func(){
-		"ReserveAt":  func() { a.ReserveAt(epoch, []*Bucket{mine, theirs}, req(1), 0) },
+		"ReserveAt":  func() { a.ReserveAt(epoch, []*Bucket{mine, theirs}, req(1), Ask{}) },
 		"AdjustAt":   func() { a.AdjustAt(epoch, []*Bucket{theirs}, req(1)) },
 		"Release":    func() { a.Release(context.Background(), []*Bucket{theirs}) },
 		"EstimateAt": func() { a.EstimateAt(epoch, []*Bucket{theirs}, req(1)) },
@@ -580,7 +730,7 @@ func TestForeignBucketPanics(t *testing.T) {
 		})
 	}
 	// The recovered panics left the Local usable.
-	if got := a.ReserveAt(epoch, []*Bucket{mine}, req(1), 0); got != ok(0) {
+	if got := a.ReserveAt(epoch, []*Bucket{mine}, req(1), Ask{}); got != ok(0) {
 		t.Fatalf("ReserveAt after the panics = %+v, want %+v", got, ok(0))
 	}
 }
@@ -591,7 +741,7 @@ func TestExtremes(t *testing.T) {
 	l := newLocal()
 	bs := []*Bucket{mustBucket(t, l, "p", Limits{RequestsPerMinute: 1, RequestBurst: time.Hour, TokensPerMinute: 1e-3, TokenBurst: 1 << 58})}
 	far := time.Duration(1<<62 + 12345)
-	if got := l.ReserveAt(epoch, bs, Cost{Tokens: 1 << 62}, far); !got.Never {
+	if got := l.ReserveAt(epoch, bs, Cost{Tokens: 1 << 62}, Ask{CommitWithin: far}); !got.Never {
 		t.Fatalf("ReserveAt(1<<62 tokens) = %+v, want Never", got)
 	}
 	if got := l.EstimateAt(epoch, bs, Cost{Tokens: 1 << 62}); got <= 0 {
@@ -600,16 +750,16 @@ func TestExtremes(t *testing.T) {
 	for range 100 {
 		l.AdjustAt(epoch, bs, Cost{Requests: 1 << 62, Tokens: 1 << 62})
 	}
-	if got := l.ReserveAt(epoch, bs, req(1), far); !got.OK || got.Wait <= 0 {
+	if got := l.ReserveAt(epoch, bs, req(1), Ask{CommitWithin: far}); !got.OK || got.Wait <= 0 {
 		t.Fatalf("ReserveAt after huge overages = %+v, want OK with a positive wait", got)
 	}
 	l.AdjustAt(epoch, bs, Cost{Requests: -1 << 63, Tokens: -1 << 63})
-	if got := l.ReserveAt(epoch, bs, req(1), 0); got != ok(0) {
+	if got := l.ReserveAt(epoch, bs, req(1), Ask{}); got != ok(0) {
 		t.Fatalf("ReserveAt after a huge refund = %+v, want %+v", got, ok(0))
 	}
 	// Instants centuries away are clamped, not wrapped.
 	for _, at := range []time.Time{{}, epoch.AddDate(-300, 0, 0), epoch.AddDate(300, 0, 0)} {
-		d := l.ReserveAt(at, bs, req(1), far)
+		d := l.ReserveAt(at, bs, req(1), Ask{CommitWithin: far})
 		if d.Wait < 0 {
 			t.Errorf("ReserveAt(%v) = %+v, want a wait >= 0", at, d)
 		}
@@ -629,7 +779,7 @@ func TestPause(t *testing.T) {
 	if l.PauseAt(t0, b, t0.Add(2*time.Second)) {
 		t.Error("a shorter pause shortened the current one")
 	}
-	d := l.ReserveAt(t0.Add(time.Second), []*Bucket{b}, Cost{Requests: 1}, 0)
+	d := l.ReserveAt(t0.Add(time.Second), []*Bucket{b}, Cost{Requests: 1}, Ask{})
 	if d.OK || d.Wait != 4*time.Second || d.Bucket != 0 {
 		t.Errorf("ReserveAt during the pause = %+v, want a 4s wait", d)
 	}
@@ -639,7 +789,7 @@ func TestPause(t *testing.T) {
 	if got := l.PausedUntil(t0, b); !got.Equal(t0.Add(5 * time.Second)) {
 		t.Errorf("PausedUntil = %v, want %v", got, t0.Add(5*time.Second))
 	}
-	if d := l.ReserveAt(t0.Add(5*time.Second), []*Bucket{b}, Cost{Requests: 1}, 0); !d.OK {
+	if d := l.ReserveAt(t0.Add(5*time.Second), []*Bucket{b}, Cost{Requests: 1}, Ask{}); !d.OK {
 		t.Errorf("ReserveAt when the pause ends = %+v, want OK", d)
 	}
 	if got := l.PausedUntil(t0.Add(6*time.Second), b); !got.IsZero() {
@@ -662,7 +812,7 @@ func TestClamp(t *testing.T) {
 	if u := l.UsageAt(t0, b); u.Tokens > 1000 {
 		t.Errorf("tokens available after a higher report = %v, want still 1000", u.Tokens)
 	}
-	if d := l.ReserveAt(t0, []*Bucket{b}, Cost{Tokens: 2000}, 0); d.OK || d.Wait != 10*time.Second {
+	if d := l.ReserveAt(t0, []*Bucket{b}, Cost{Tokens: 2000}, Ask{}); d.OK || d.Wait != 10*time.Second {
 		t.Errorf("2000 tokens after the clamp = %+v, want a 10s wait", d)
 	}
 }

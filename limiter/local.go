@@ -16,10 +16,18 @@ import (
 //	T = ceil(1 minute / rate)            emission interval, ns per unit
 //	τ = burst (requests: max(burst, T))  tolerance
 //	never:  c·T > τ
-//	wait  = max(TAT, now) + c·T − τ − now, at least 0
+//	headroom h:  τ_h = max(τ − ceil(h·τ), c·T)    (h = 0: τ_h = τ)
+//	wait  = max(TAT, now) + c·T − τ_h − now, at least 0
 //	commit at s = now + max wait:  TAT ← max(TAT, s) + c·T
 //	overage d > 0:  TAT ← max(TAT, now) + d·T
 //	refund  d > 0:  TAT ← max(now, TAT − d·T)
+//
+// Headroom asks that ceil(h·τ) of the tolerance stay unused after the
+// charge; a charge too large for what is left of τ fits, with τ_h = c·T,
+// on a full bucket (TAT ≤ now) only, so headroom never turns a request
+// into a never. The never test and every other formula keep τ: headroom
+// only shortens what one reservation may use, it changes no state. It is
+// a rate concept: concurrency and pauses ignore it.
 //
 // Time is int64 nanoseconds since the Local's origin. Every quantity is
 // kept within a few horizons of zero so that no sum or difference can
@@ -29,6 +37,14 @@ import (
 // and a TAT to 2·horizon. The largest intermediate value, a TAT or send
 // time plus a charge, stays below 6·horizon < 2^63. A horizon is about 36
 // years, so the clamps never bind in practice.
+//
+// Headroom is held in whole parts per billion (rounded up, so at least h
+// is kept free), at most 10^9, and ceil(h·τ) is computed exactly in 128
+// bits: τ ≤ maxSpan = 2^59 and h ≤ 10^9 < 2^30 make the product < 2^89,
+// whose high word (< 2^25) stays below the divisor 10^9 as bits.Div64
+// requires. The result lies in [0, τ], so τ_h lies in [c·T, τ] (c·T ≤ τ
+// past the never test): a tolerance no larger than τ, so every bound
+// above still holds.
 const (
 	horizon = 1 << 60
 	maxTAT  = 2 * horizon
@@ -173,25 +189,36 @@ func (b *Bucket) Limits() Limits { return b.lim }
 // Reserve is [Local.ReserveAt] at the Local's current time. The context is
 // unused and the error always nil; they are there for a shared limiter
 // behind the same method set.
-func (l *Local) Reserve(_ context.Context, buckets []*Bucket, c Cost, commitWithin time.Duration) (Decision, error) {
-	return l.ReserveAt(l.now(), buckets, c, commitWithin), nil
+func (l *Local) Reserve(_ context.Context, buckets []*Bucket, c Cost, a Ask) (Decision, error) {
+	return l.ReserveAt(l.now(), buckets, c, a), nil
 }
 
 // ReserveAt decides whether a request costing c may go on every one of
-// buckets, as of now, and commits it when it may go within commitWithin:
+// buckets, as of now, and commits it when it may go within a.CommitWithin:
 // then every bucket is charged as if the request arrived at now+Wait and
 // holds one more request in flight, and the caller must eventually call
 // [Local.Release] with the same buckets. Otherwise nothing changes (see
-// [Decision]). A negative commitWithin counts as zero; negative costs
+// [Decision]). A negative CommitWithin counts as zero; negative costs
 // count as zero (use [Local.AdjustAt] for refunds). Each bucket should
 // appear at most once, or it is charged twice. With no buckets the answer
 // is OK at once.
 //
+// With a.Headroom h > 0 the request fits a rate dimension of a bucket only
+// while, after its charge, h of the dimension's burst stays unused, or,
+// when the charge is larger than (1−h) of the burst, only when the bucket
+// is full: it waits longer, never forever (Never is decided on the whole
+// burst). Concurrency caps and pauses are the same for every headroom. h
+// is taken in whole parts per billion, rounded up; values from 1 up count
+// as the largest headroom (only a full bucket will do), and NaN and
+// negative values as zero, which is exactly a reservation without
+// headroom.
+//
 // It does not allocate.
-func (l *Local) ReserveAt(now time.Time, buckets []*Bucket, c Cost, commitWithin time.Duration) Decision {
+func (l *Local) ReserveAt(now time.Time, buckets []*Bucket, c Cost, a Ask) Decision {
 	t := l.nanos(now)
 	cost := [dimensions]int64{max(c.Requests, 0), max(c.Tokens, 0)}
-	limit := max(int64(commitWithin), 0)
+	limit := max(int64(a.CommitWithin), 0)
+	h := partsPerBillion(a.Headroom)
 
 	l.mu.Lock()
 	var wait int64
@@ -211,8 +238,12 @@ func (l *Local) ReserveAt(now time.Time, buckets []*Bucket, c Cost, commitWithin
 				l.mu.Unlock()
 				return Decision{Never: true, Bucket: i}
 			}
-			// The cost fits once TAT + c·T − τ ≤ now + wait.
-			if w := max(m.tat, t) - t + ch - m.tolerance; w > wait {
+			tol := m.tolerance
+			if h != 0 {
+				tol = max(tol-reserved(tol, h), ch)
+			}
+			// The cost fits once TAT + c·T − τ_h ≤ now + wait.
+			if w := max(m.tat, t) - t + ch - tol; w > wait {
 				wait, worst = w, i
 			}
 		}
@@ -263,11 +294,11 @@ func (l *Local) Adjust(_ context.Context, buckets []*Bucket, delta Cost) error {
 // A refund is counted when it is made, not when the refunded request went:
 // the package invariant holds net of refunds over each interval. It pulls
 // the TAT back whichever request it is for, so when a slot was committed
-// for later (commitWithin > 0) behind the refunded charge, the refund also
-// frees the room in front of that slot, and the bucket can briefly admit up
-// to about that slot's charge more than its burst. Short commit windows
-// keep that small; a refund that arrives after the slot's send time is
-// unaffected.
+// for later ([Ask].CommitWithin > 0) behind the refunded charge, the
+// refund also frees the room in front of that slot, and the bucket can
+// briefly admit up to about that slot's charge more than its burst. Short
+// commit windows keep that small; a refund that arrives after the slot's
+// send time is unaffected.
 func (l *Local) AdjustAt(now time.Time, buckets []*Bucket, delta Cost) {
 	t := l.nanos(now)
 	cost := [dimensions]int64{delta.Requests, delta.Tokens}
@@ -448,6 +479,35 @@ func (l *Local) own(b *Bucket) {
 func (l *Local) foreign(b *Bucket) {
 	l.mu.Unlock()
 	panic("limiter: bucket " + strconv.Quote(b.key) + " belongs to another Local")
+}
+
+// billion is the denominator of a headroom in parts per billion.
+const billion = 1_000_000_000
+
+// partsPerBillion returns the headroom h in whole parts per billion,
+// rounded up, in [0, billion]; NaN counts as 0.
+func partsPerBillion(h float64) uint64 {
+	switch {
+	case !(h > 0):
+		return 0
+	case h >= 1:
+		return billion
+	}
+	// h·1e9 lies in (0, 1e9]: its ceiling converts exactly.
+	return uint64(math.Ceil(h * billion))
+}
+
+// reserved returns ceil(tol·h / 10^9), the part of a tolerance tol ≥ 0
+// that headroom h (parts per billion, ≤ 10^9) keeps free; it is at most
+// tol. tol ≤ maxSpan keeps the high word of the product below the
+// divisor, as bits.Div64 requires.
+func reserved(tol int64, h uint64) int64 {
+	hi, lo := bits.Mul64(uint64(tol), h)
+	q, r := bits.Div64(hi, lo, billion)
+	if r != 0 {
+		q++
+	}
+	return int64(q)
 }
 
 // charge returns c·T for c ≥ 0, T ≥ 1, capped at the horizon. A capped

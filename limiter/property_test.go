@@ -24,7 +24,7 @@ type simulation struct {
 	duration  time.Duration
 	gap       time.Duration // mean time between arrivals (exponential)
 	maxTokens int64         // token cost, uniform in [1, maxTokens]
-	within    time.Duration // commitWithin, uniform in [0, within]
+	within    time.Duration // Ask.CommitWithin, uniform in [0, within]
 	refunds   bool          // give back a uniform part of each request's tokens, up to 30s after it went
 	light     bool          // no throughput check (demand about the limits, or no single binding dimension)
 }
@@ -106,25 +106,46 @@ var simulations = []simulation{
 // when told to wait, asks again at now+Wait (or after a refund). What the
 // buckets admitted must never exceed their burst capacity plus their rate
 // over any window, and must reach the rate in the long run.
+//
+// Each simulation runs twice: without headroom, and with a headroom drawn
+// anew for every ask from [-0.1, 1.1), past both ends of [0, 1) where it
+// is clamped. Headroom only makes requests wait longer, so the invariant
+// must hold alike. It must not stall the queue either (a wait of 0
+// without OK would, and Never is a failure), nor cost throughput: a
+// request that needs more room than the headroom leaves still goes on a
+// full bucket, and the bucket keeps refilling at its rate meanwhile.
 func TestQuotaInvariant(t *testing.T) {
 	for _, sim := range simulations {
-		t.Run(sim.name, func(t *testing.T) {
-			for seed := range uint64(5) {
-				events := simulate(t, sim, seed)
-				best := 0.0
-				for _, lim := range sim.buckets {
-					best = max(best, checkQuota(t, seed, lim, events, sim.duration))
-				}
-				if !sim.light && best < 0.95 {
-					t.Errorf("seed %d: throughput reached %.1f%% of the binding rate, want at least 95%%", seed, 100*best)
-				}
+		for _, room := range []bool{false, true} {
+			name := sim.name
+			if room {
+				name += "/random headroom"
 			}
-		})
+			t.Run(name, func(t *testing.T) {
+				for seed := range uint64(5) {
+					checkSimulation(t, sim, seed, room)
+				}
+			})
+		}
 	}
 }
 
-// simulate runs sim with the given seed and returns what went out.
-func simulate(t *testing.T, sim simulation, seed uint64) []event {
+// checkSimulation runs sim with one seed and checks what went out.
+func checkSimulation(t *testing.T, sim simulation, seed uint64, room bool) {
+	t.Helper()
+	events := simulate(t, sim, seed, room)
+	best := 0.0
+	for _, lim := range sim.buckets {
+		best = max(best, checkQuota(t, seed, lim, events, sim.duration))
+	}
+	if !sim.light && best < 0.95 {
+		t.Errorf("seed %d: throughput reached %.1f%% of the binding rate, want at least 95%%", seed, 100*best)
+	}
+}
+
+// simulate runs sim with the given seed and returns what went out. With
+// room, every ask draws a random headroom.
+func simulate(t *testing.T, sim simulation, seed uint64, room bool) []event {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 42))
 	l := newLocal()
@@ -154,13 +175,16 @@ func simulate(t *testing.T, sim simulation, seed uint64) []event {
 		retry := never
 		for len(queue) > 0 {
 			c := queue[0]
-			var within time.Duration
+			var ask Ask
 			if sim.within > 0 {
-				within = time.Duration(rng.Int64N(int64(sim.within) + 1))
+				ask.CommitWithin = time.Duration(rng.Int64N(int64(sim.within) + 1))
 			}
-			d := l.ReserveAt(epoch.Add(now), bs, c, within)
+			if room {
+				ask.Headroom = -0.1 + 1.2*rng.Float64()
+			}
+			d := l.ReserveAt(epoch.Add(now), bs, c, ask)
 			if d.Never || d.Busy || (!d.OK && d.Wait <= 0) {
-				t.Fatalf("seed %d at %v: ReserveAt(%+v, %v) = %+v, want OK or a positive wait", seed, now, c, within, d)
+				t.Fatalf("seed %d at %v: ReserveAt(%+v, %+v) = %+v, want OK or a positive wait", seed, now, c, ask, d)
 			}
 			if !d.OK {
 				retry = now + d.Wait

@@ -128,11 +128,19 @@ type Class struct {
 	// wait. Zero: 1.
 	Weight int
 	// Share caps the class's use of every quota to this fraction of it,
-	// keeping headroom for the others. Zero: 1, the whole quota.
+	// keeping the rest for the others. Zero: 1, the whole quota.
 	Share float64
 	// MaxAttempts caps upstream attempts for this class. Zero: the
 	// provider's.
 	MaxAttempts int
+	// Headroom is the fraction of every quota's burst a request of this
+	// class must leave unused, for the classes above it
+	// ([scheduler.Class].Headroom). Zero: none. Must be in [0, 1).
+	Headroom float64
+	// CommitWithin is how far ahead a request of this class that is next
+	// in line may commit its slot ([scheduler.Class].CommitWithin). Zero:
+	// only a slot free now.
+	CommitWithin time.Duration
 }
 
 // Route gives requests to a path (after any provider prefix) a default
@@ -337,6 +345,10 @@ func normaliseClasses(in []Class) ([]Class, error) {
 	for i, c := range in {
 		if c.Name == "" || c.MaxWait < 0 || c.MaxQueue < 0 || c.Weight < 0 || c.Share < 0 || c.Share > 1 {
 			return nil, fmt.Errorf("proxy: class %d (%q): needs a name, and max wait, max queue, weight >= 0 and share in [0, 1]", i, c.Name)
+		}
+		// Written so that NaN fails too.
+		if !(c.Headroom >= 0 && c.Headroom < 1) || c.CommitWithin < 0 {
+			return nil, fmt.Errorf("proxy: class %d (%q): needs headroom in [0, 1) and commit within >= 0, got %v and %v", i, c.Name, c.Headroom, c.CommitWithin)
 		}
 		if c.MaxWait == 0 {
 			c.MaxWait = time.Minute

@@ -106,11 +106,13 @@ func newScope(name string, shared []*limiter.Bucket, classes []Class, lim *limit
 			}
 		}
 		settings.Classes = append(settings.Classes, scheduler.Class{
-			Name:     c.Name,
-			MaxQueue: c.MaxQueue,
-			Weight:   c.Weight,
-			Buckets:  buckets,
-			Own:      len(shared),
+			Name:         c.Name,
+			MaxQueue:     c.MaxQueue,
+			Weight:       c.Weight,
+			Buckets:      buckets,
+			Own:          len(shared),
+			Headroom:     c.Headroom,
+			CommitWithin: c.CommitWithin,
 		})
 	}
 	for _, b := range shared {

@@ -13,6 +13,12 @@
 // only the class's own share ceiling said so, in which case the other
 // classes go on.
 //
+// Each class asks the limiter with its own [limiter.Ask]: lower classes
+// keep headroom, leaving the top of every bucket to the classes above
+// (which matters most across replicas sharing a bucket, where no local
+// order can help), and a class may commit a slot a little ahead so that
+// replicas racing for the next slot cannot starve it.
+//
 // Waiting requests cost a list node each and no goroutine of the
 // scheduler's: the caller's goroutine blocks in [Scope.Acquire] on its own
 // deadline, and the dispatcher sleeps on a timer or a wake-up signal, never
@@ -35,7 +41,7 @@ import (
 // answers "when may this go" for every bucket at once, adjustments after
 // the fact, and concurrency slots. [limiter.Local] implements it.
 type Limiter interface {
-	Reserve(ctx context.Context, buckets []*limiter.Bucket, c limiter.Cost, commitWithin time.Duration) (limiter.Decision, error)
+	Reserve(ctx context.Context, buckets []*limiter.Bucket, c limiter.Cost, a limiter.Ask) (limiter.Decision, error)
 	Adjust(ctx context.Context, buckets []*limiter.Bucket, delta limiter.Cost) error
 	Release(ctx context.Context, buckets []*limiter.Bucket) error
 	Estimate(buckets []*limiter.Bucket, c limiter.Cost) time.Duration
@@ -94,6 +100,27 @@ type Class struct {
 	// alone; len(Buckets) when there is none. A head request held back only
 	// by those lets the other classes go first.
 	Own int
+	// Headroom is the fraction of every rate bucket's burst a request of
+	// this class must leave unused ([limiter.Ask].Headroom), so that the
+	// top of each bucket stays free for the classes above, on this replica
+	// and on every other one sharing the bucket. It applies to all of
+	// Buckets; on the class's own ceilings it only trims the class's own
+	// burst. It does not change the stride order: when the class's turn
+	// comes and its headroom holds its head request back, the scope waits
+	// for it like for any head of line, so the class keeps its share of
+	// dispatches; a backlog of the classes above then waits, besides that
+	// request's own charge, for the bucket to refill the headroom (up to
+	// Headroom × the burst). Zero: none. Must be in [0, 1).
+	Headroom float64
+	// CommitWithin lets the limiter commit a reservation this far in the
+	// future for a request of this class the dispatcher has chosen; the
+	// dispatcher waits out the rest before it grants the request
+	// ([limiter.Ask].CommitWithin). With a shared limiter the top class
+	// sets a few hundred milliseconds, so that it keeps its place while
+	// other replicas race for the next slot. A request granted without
+	// queueing (nothing waited) never commits ahead. Zero: only
+	// reservations that may go now are committed. Must be >= 0.
+	CommitWithin time.Duration
 }
 
 // Settings configures a [Scope].
@@ -102,22 +129,16 @@ type Settings struct {
 	Name string
 	// Classes, highest priority first. At least one.
 	Classes []Class
-	// CommitWithin lets the limiter commit a reservation this far in the
-	// future for the request the dispatcher has chosen, which then waits
-	// out the rest itself. Zero: only reservations that may go now are
-	// committed; a shared limiter sets it to keep its place among replicas.
-	CommitWithin time.Duration
 }
 
 // Scope queues and dispatches the requests of one quota scope. Create it
 // with [New] and run its dispatcher with [Scope.Run]; all methods are safe
 // for concurrent use.
 type Scope struct {
-	name         string
-	lim          Limiter
-	log          *slog.Logger
-	commitWithin time.Duration
-	wake         chan struct{} // capacity 1: a pending "look again"
+	name string
+	lim  Limiter
+	log  *slog.Logger
+	wake chan struct{} // capacity 1: a pending "look again"
 
 	mu      sync.Mutex // protects classes' queues and passes, vtime; writes of waiting, stopped
 	classes []class
@@ -136,6 +157,9 @@ type class struct {
 	head, tail *Ticket
 	queued     int
 	ahead      limiter.Cost // total cost of the queued tickets
+	// fast is how a request asks when nothing waits, ask how the
+	// dispatcher asks for the class's head request.
+	fast, ask limiter.Ask
 
 	inflight atomic.Int64 // granted and not yet finished
 }
@@ -146,18 +170,29 @@ func New(s Settings, lim Limiter, log *slog.Logger) (*Scope, error) {
 		return nil, fmt.Errorf("scheduler: scope %s: at least one class is required", s.Name)
 	}
 	sc := &Scope{
-		name:         s.Name,
-		lim:          lim,
-		log:          log,
-		commitWithin: s.CommitWithin,
-		wake:         make(chan struct{}, 1),
-		classes:      make([]class, len(s.Classes)),
+		name:    s.Name,
+		lim:     lim,
+		log:     log,
+		wake:    make(chan struct{}, 1),
+		classes: make([]class, len(s.Classes)),
 	}
 	for i, c := range s.Classes {
 		if c.MaxQueue <= 0 || c.Weight <= 0 || len(c.Buckets) == 0 || c.Own < 0 || c.Own > len(c.Buckets) {
 			return nil, fmt.Errorf("scheduler: scope %s: class %s: need max queue > 0, weight > 0 and at least one bucket", s.Name, c.Name)
 		}
-		sc.classes[i] = class{Class: c, stride: 1 / float64(c.Weight)}
+		// Written so that NaN fails too.
+		if !(c.Headroom >= 0 && c.Headroom < 1) {
+			return nil, fmt.Errorf("scheduler: scope %s: class %s: Headroom must be in [0, 1), got %v", s.Name, c.Name, c.Headroom)
+		}
+		if c.CommitWithin < 0 {
+			return nil, fmt.Errorf("scheduler: scope %s: class %s: CommitWithin must be >= 0, got %v", s.Name, c.Name, c.CommitWithin)
+		}
+		sc.classes[i] = class{
+			Class:  c,
+			stride: 1 / float64(c.Weight),
+			fast:   limiter.Ask{Headroom: c.Headroom},
+			ask:    limiter.Ask{Headroom: c.Headroom, CommitWithin: c.CommitWithin},
+		}
 	}
 	return sc, nil
 }
@@ -222,8 +257,9 @@ func (s *Scope) Acquire(ctx context.Context, t *Ticket, now time.Time) (time.Dur
 		return 0, ErrStopped
 	}
 	if s.waiting.Load() == 0 {
-		// Nobody waits: ask directly, without a hand-off to the dispatcher.
-		d, err := s.lim.Reserve(ctx, c.Buckets, t.Cost, 0)
+		// Nobody waits: ask directly, without a hand-off to the dispatcher,
+		// for a slot that is free now (a wait goes through the queue).
+		d, err := s.lim.Reserve(ctx, c.Buckets, t.Cost, c.fast)
 		if err != nil {
 			return 0, fmt.Errorf("reserving quota for scope %s: %w", s.name, err)
 		}
@@ -467,7 +503,7 @@ func (s *Scope) dispatch(ctx context.Context) time.Duration {
 			s.answer(t, ErrClientGone)
 			continue
 		}
-		d, err := s.lim.Reserve(ctx, c.Buckets, cost, s.commitWithin)
+		d, err := s.lim.Reserve(ctx, c.Buckets, cost, c.ask)
 		if err != nil {
 			s.log.Warn("reserving quota", slog.String("scope", s.name), slog.String("error", err.Error()))
 			s.putBack(t)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -390,11 +391,15 @@ func TestNewRejectsBadSettings(t *testing.T) {
 	lim := limiter.NewLocal(nil)
 	b := mustBucket(t, lim, "p", limiter.Limits{MaxConcurrency: 1})
 	for name, classes := range map[string][]Class{
-		"none":       nil,
-		"no buckets": {{Name: "c", MaxQueue: 1, Weight: 1}},
-		"no weight":  {{Name: "c", MaxQueue: 1, Buckets: []*limiter.Bucket{b}, Own: 1}},
-		"no queue":   {{Name: "c", Weight: 1, Buckets: []*limiter.Bucket{b}, Own: 1}},
-		"own beyond": {{Name: "c", MaxQueue: 1, Weight: 1, Buckets: []*limiter.Bucket{b}, Own: 2}},
+		"none":              nil,
+		"no buckets":        {{Name: "c", MaxQueue: 1, Weight: 1}},
+		"no weight":         {{Name: "c", MaxQueue: 1, Buckets: []*limiter.Bucket{b}, Own: 1}},
+		"no queue":          {{Name: "c", Weight: 1, Buckets: []*limiter.Bucket{b}, Own: 1}},
+		"own beyond":        {{Name: "c", MaxQueue: 1, Weight: 1, Buckets: []*limiter.Bucket{b}, Own: 2}},
+		"headroom negative": {{Name: "c", MaxQueue: 1, Weight: 1, Buckets: []*limiter.Bucket{b}, Own: 1, Headroom: -0.1}},
+		"headroom 1":        {{Name: "c", MaxQueue: 1, Weight: 1, Buckets: []*limiter.Bucket{b}, Own: 1, Headroom: 1}},
+		"headroom NaN":      {{Name: "c", MaxQueue: 1, Weight: 1, Buckets: []*limiter.Bucket{b}, Own: 1, Headroom: math.NaN()}},
+		"commit negative":   {{Name: "c", MaxQueue: 1, Weight: 1, Buckets: []*limiter.Bucket{b}, Own: 1, CommitWithin: -time.Second}},
 	} {
 		if _, err := New(Settings{Name: "s", Classes: classes}, lim, slog.New(slog.DiscardHandler)); err == nil {
 			t.Errorf("New(%s) = nil error", name)
@@ -485,5 +490,151 @@ func TestRetryKeepsItsPlaceByAge(t *testing.T) {
 	}
 	if g := <-out; g.id != "young" {
 		t.Errorf("second grant = %s, want young", g.id)
+	}
+}
+
+// askRecorder is the in-process limiter, recording how each reservation
+// asked, for which class (by the key of its last bucket) and whether it
+// came from a caller of Acquire (its context carries callerKey) or from
+// the dispatcher.
+type askRecorder struct {
+	*limiter.Local
+	mu   sync.Mutex // protects asks
+	asks []recordedAsk
+}
+
+type recordedAsk struct {
+	key    string
+	caller bool
+	ask    limiter.Ask
+}
+
+type callerKey struct{}
+
+func (r *askRecorder) Reserve(ctx context.Context, buckets []*limiter.Bucket, c limiter.Cost, a limiter.Ask) (limiter.Decision, error) {
+	r.mu.Lock()
+	r.asks = append(r.asks, recordedAsk{key: buckets[len(buckets)-1].Key(), caller: ctx.Value(callerKey{}) != nil, ask: a})
+	r.mu.Unlock()
+	return r.Local.Reserve(ctx, buckets, c, a)
+}
+
+func (r *askRecorder) recorded() []recordedAsk {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]recordedAsk(nil), r.asks...)
+}
+
+// TestClassAsks checks how each class asks the limiter: on the fast path
+// (nothing waits) with its headroom and no commit window, from the
+// dispatcher with both.
+func TestClassAsks(t *testing.T) {
+	lim := limiter.NewLocal(nil)
+	rec := &askRecorder{Local: lim}
+	slot := mustBucket(t, lim, "p", limiter.Limits{MaxConcurrency: 1})
+	lowOwn := mustBucket(t, lim, "p#low", limiter.Limits{}) // tells low's asks apart
+	classes := []Class{
+		{Name: "critical", MaxQueue: 10, Weight: 8, Buckets: []*limiter.Bucket{slot}, Own: 1, CommitWithin: 250 * time.Millisecond},
+		{Name: "low", MaxQueue: 10, Weight: 1, Buckets: []*limiter.Bucket{slot, lowOwn}, Own: 1, Headroom: 0.3, CommitWithin: time.Second},
+	}
+	sc, err := New(Settings{Name: "test", Classes: classes}, rec, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); sc.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	f := &fixture{tb: t, lim: lim, scope: sc}
+
+	caller := context.WithValue(context.Background(), callerKey{}, true)
+	acquire := func(ci int) (*Ticket, error) {
+		tk := &Ticket{Class: ci, Cost: one(), Deadline: time.Now().Add(time.Minute)}
+		_, err := sc.Acquire(caller, tk, time.Now())
+		return tk, err
+	}
+	// Fast path for both classes: the slot is free.
+	for _, ci := range []int{0, 1} {
+		tk, err := acquire(ci)
+		if err != nil {
+			t.Fatalf("Acquire(class %d) = %v, want a grant", ci, err)
+		}
+		sc.Finish(context.Background(), tk, limiter.Cost{})
+	}
+	holder, err := acquire(1)
+	if err != nil {
+		t.Fatalf("Acquire = %v, want a grant", err)
+	}
+	// Queued: low (its fast path finds the slot taken), then critical
+	// (no fast path while something waits).
+	out := make(chan grant, 2)
+	for _, ci := range []int{1, 0} {
+		go func() {
+			tk, err := acquire(ci)
+			out <- grant{ticket: tk, err: err}
+		}()
+		f.waitQueued(ci, 1)
+	}
+	for range 2 {
+		sc.Finish(context.Background(), holder, limiter.Cost{})
+		g := <-out
+		if g.err != nil {
+			t.Fatalf("queued Acquire = %v", g.err)
+		}
+		holder = g.ticket
+	}
+	sc.Finish(context.Background(), holder, limiter.Cost{})
+
+	want := map[string]struct{ fast, dispatched limiter.Ask }{
+		"p":     {fast: limiter.Ask{}, dispatched: limiter.Ask{CommitWithin: 250 * time.Millisecond}},
+		"p#low": {fast: limiter.Ask{Headroom: 0.3}, dispatched: limiter.Ask{Headroom: 0.3, CommitWithin: time.Second}},
+	}
+	count := map[string]int{}
+	for _, r := range rec.recorded() {
+		w := want[r.key].dispatched
+		if r.caller {
+			w = want[r.key].fast
+		}
+		if r.ask != w {
+			t.Errorf("class with bucket %s asked %+v (from a caller: %v), want %+v", r.key, r.ask, r.caller, w)
+		}
+		count[fmt.Sprint(r.key, " caller=", r.caller)]++
+	}
+	// Fast path: critical once, low three times (granted twice, then
+	// busy); the dispatcher at least once for each queued request.
+	if count["p caller=true"] != 1 || count["p#low caller=true"] != 3 || count["p caller=false"] < 1 || count["p#low caller=false"] < 1 {
+		t.Errorf("asks by class and origin = %v, want 1 and 3 from callers, at least 1 each from the dispatcher", count)
+	}
+}
+
+// TestHeadroomKeepsTopForHigherClass: with 90% of the token burst spent,
+// a low request (headroom 0.2) waits while a critical one (headroom 0)
+// goes at once; a refund that refills the bucket lets low go too.
+func TestHeadroomKeepsTopForHigherClass(t *testing.T) {
+	lim := limiter.NewLocal(nil)
+	// 600k tokens a minute with a minute's burst: one token per 100µs.
+	tpm := mustBucket(t, lim, "p", limiter.Limits{TokensPerMinute: 600000, TokenBurst: time.Minute})
+	classes := twoClasses(tpm)
+	classes[1].Headroom = 0.2
+	f := startScope(t, lim, classes)
+	tokens := func(n int64) limiter.Cost { return limiter.Cost{Requests: 1, Tokens: n} }
+	holder := f.acquireNow(0, tokens(540000))
+
+	// 60000 of 600000 left: low's 100 tokens must leave 120000, which
+	// takes 6s of refill.
+	out := make(chan grant, 2)
+	f.wait("low", 1, tokens(100), time.Minute, out)
+	f.waitQueued(1, 1)
+	f.wait("critical", 0, tokens(100), time.Minute, out)
+	if g := <-out; g.id != "critical" || g.err != nil {
+		t.Fatalf("first grant = %s (%v), want critical", g.id, g.err)
+	} else {
+		f.scope.Finish(context.Background(), g.ticket, limiter.Cost{})
+	}
+	if n := f.scope.Queued(1); n != 1 {
+		t.Fatalf("low queued = %d, want 1: its headroom holds it back", n)
+	}
+	f.scope.Finish(context.Background(), holder, limiter.Cost{Tokens: -540000})
+	if g := <-out; g.id != "low" || g.err != nil {
+		t.Fatalf("after the refund: grant = %s (%v), want low", g.id, g.err)
 	}
 }
