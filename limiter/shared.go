@@ -1,0 +1,584 @@
+package limiter
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed scripts/reserve.lua
+	reserveLua string
+	//go:embed scripts/settle.lua
+	settleLua string
+	//go:embed scripts/pause.lua
+	pauseLua string
+	//go:embed scripts/read.lua
+	readLua string
+
+	// Script.Run sends EVALSHA and falls back to EVAL on NOSCRIPT, e.g.
+	// after a Redis restart.
+	reserveScript = redis.NewScript(reserveLua)
+	settleScript  = redis.NewScript(settleLua)
+	pauseScript   = redis.NewScript(pauseLua)
+	readScript    = redis.NewScript(readLua)
+)
+
+// SharedSettings configures a [Shared] limiter.
+type SharedSettings struct {
+	// Client is the Redis every replica shares. Required.
+	Client redis.UniversalClient
+	// Prefix starts every key. Default "sluice:".
+	Prefix string
+	// Replica identifies this process among those sharing the Redis; it
+	// names its concurrency lease. Required, unique per process.
+	Replica string
+	// Timeout bounds each Redis call. Default 50ms: an outage must cost a
+	// request no more than that before the limiter works locally.
+	Timeout time.Duration
+	// LeaseTTL is how long the concurrency slots a replica holds outlive
+	// its last word: a replica that dies gives its slots back after it.
+	// Default 15s; renewed every third of it.
+	LeaseTTL time.Duration
+	// SettleEvery is how often token corrections, returned concurrency
+	// slots and the provider's remaining-quota reports are sent, batched.
+	// Default 50ms.
+	SettleEvery time.Duration
+	// DegradedShare is the fraction of every limit this replica uses on
+	// its own while Redis is unreachable. Default 0.9: set it to 0.9 / the
+	// number of replicas.
+	DegradedShare float64
+	// OnRedis, if set, is told when Redis becomes reachable (true) or not
+	// (false), for a metric.
+	OnRedis func(up bool)
+	// Log receives the outage warnings. Required.
+	Log *slog.Logger
+}
+
+// Shared is a limiter whose buckets live in Redis, so that every replica
+// sharing the Redis admits as one: the arithmetic of [Local] (GCRA over
+// requests and tokens, concurrency caps, pauses), run as one Lua script per
+// decision with Redis TIME as the clock, in integer microseconds.
+//
+// Round trips: a reservation is one; corrections (Adjust), returned slots
+// (Release) and [Shared.ClampAt] are batched per hash tag every
+// SettleEvery, and [Shared.Run] renews this replica's concurrency lease in
+// the same call. Keys are <prefix>rl:{<tag>}:<bucket key>, where the tag is
+// the bucket key up to its first '/' or '#' (the provider, for the keys the
+// proxy makes), so the buckets of one reservation hash to one Cluster slot.
+//
+// When Redis cannot be reached, Shared keeps admitting from in-process
+// twins of its buckets holding DegradedShare of each limit, clamped by what
+// the provider reports left, and never fails open. It probes Redis while it
+// is away; when it returns, this replica's in-flight counts are written
+// back, and a bucket Redis lost starts empty rather than full.
+//
+// A Shared is safe for concurrent use. Its background work runs in
+// [Shared.Run].
+type Shared struct {
+	c       redis.UniversalClient
+	prefix  string
+	replica string
+	timeout time.Duration
+	lease   time.Duration
+	every   time.Duration
+	share   float64
+	onRedis func(bool)
+	log     *slog.Logger
+
+	local *Local // the twins: degraded limits, and this replica's in-flight counts
+	up    atomic.Bool
+
+	mu      sync.Mutex // protects buckets, tags' pending fields
+	buckets map[*Bucket]*remote
+	tags    map[string]*tagState
+}
+
+// remote is a bucket's shared side.
+type remote struct {
+	key  string // the Redis hash
+	tag  string
+	full Limits
+	iv   [dimensions]int64 // us per unit at the full limits; 0 unlimited
+	tol  [dimensions]int64 // us
+	conc int64
+
+	// Pending for the next settle; guarded by Shared.mu.
+	delta    [dimensions]int64
+	released int64
+	left     [dimensions]int64 // lowest remaining reported; -1 none
+	dirty    bool
+}
+
+// tagState groups the buckets settled in one call.
+type tagState struct {
+	buckets []*Bucket
+}
+
+// NewShared returns a limiter over s.Client. Run its background work with
+// [Shared.Run].
+func NewShared(s SharedSettings) (*Shared, error) {
+	if s.Client == nil || s.Replica == "" || s.Log == nil {
+		return nil, errors.New("limiter: a shared limiter needs a Redis client, a replica id and a logger")
+	}
+	if s.DegradedShare < 0 || s.DegradedShare > 1 {
+		return nil, fmt.Errorf("limiter: degraded share %v is not in [0, 1]", s.DegradedShare)
+	}
+	sh := &Shared{
+		c:       s.Client,
+		prefix:  s.Prefix,
+		replica: s.Replica,
+		timeout: s.Timeout,
+		lease:   s.LeaseTTL,
+		every:   s.SettleEvery,
+		share:   s.DegradedShare,
+		onRedis: s.OnRedis,
+		log:     s.Log,
+		local:   NewLocal(nil),
+		buckets: make(map[*Bucket]*remote),
+		tags:    make(map[string]*tagState),
+	}
+	if sh.prefix == "" {
+		sh.prefix = "sluice:"
+	}
+	if sh.timeout <= 0 {
+		sh.timeout = 50 * time.Millisecond
+	}
+	if sh.lease <= 0 {
+		sh.lease = 15 * time.Second
+	}
+	if sh.every <= 0 {
+		sh.every = 50 * time.Millisecond
+	}
+	if sh.share == 0 {
+		sh.share = 0.9
+	}
+	if sh.onRedis == nil {
+		sh.onRedis = func(bool) {}
+	}
+	sh.up.Store(true)
+	return sh, nil
+}
+
+// NewBucket returns a shared bucket named key with the limits lim. Its
+// Limits are lim; its in-process twin holds DegradedShare of them.
+func (s *Shared) NewBucket(key string, lim Limits) (*Bucket, error) {
+	if _, err := NewLocal(nil).NewBucket(key, lim); err != nil {
+		return nil, err // the full limits must be valid on their own
+	}
+	twin, err := s.local.NewBucket(key, scaleLimits(lim, s.share))
+	if err != nil {
+		return nil, fmt.Errorf("limiter: bucket %q at the degraded share %v: %w", key, s.share, err)
+	}
+	twin.lim = lim
+	r := &remote{full: lim, conc: lim.MaxConcurrency, left: [dimensions]int64{-1, -1}}
+	r.tag, _, _ = strings.Cut(key, "/")
+	r.tag, _, _ = strings.Cut(r.tag, "#")
+	r.key = s.prefix + "rl:{" + r.tag + "}:" + key
+	for d, rate := range [dimensions]struct {
+		perMinute float64
+		burst     time.Duration
+	}{{lim.RequestsPerMinute, lim.RequestBurst}, {lim.TokensPerMinute, lim.TokenBurst}} {
+		if rate.perMinute == 0 {
+			continue
+		}
+		r.iv[d] = int64(math.Ceil(60e6 / rate.perMinute))
+		r.tol[d] = rate.burst.Microseconds()
+		if d == requests {
+			r.tol[d] = max(r.tol[d], r.iv[d])
+		}
+	}
+	s.mu.Lock()
+	s.buckets[twin] = r
+	ts := s.tags[r.tag]
+	if ts == nil {
+		ts = &tagState{}
+		s.tags[r.tag] = ts
+	}
+	ts.buckets = append(ts.buckets, twin)
+	s.mu.Unlock()
+	return twin, nil
+}
+
+// scaleLimits is a replica's part of lim while it works alone.
+func scaleLimits(l Limits, share float64) Limits {
+	out := l
+	out.RequestsPerMinute *= share
+	out.TokensPerMinute *= share
+	if l.MaxConcurrency > 0 {
+		out.MaxConcurrency = max(1, int64(float64(l.MaxConcurrency)*share))
+	}
+	return out
+}
+
+func (s *Shared) remoteOf(b *Bucket) *remote {
+	s.mu.Lock()
+	r := s.buckets[b]
+	s.mu.Unlock()
+	if r == nil {
+		panic("limiter: bucket " + b.key + " does not belong to this shared limiter")
+	}
+	return r
+}
+
+// Up reports whether Redis answered the last call.
+func (s *Shared) Up() bool { return s.up.Load() }
+
+// maxBuckets bounds the buckets of one reservation (a model, its provider
+// and their class ceilings); more fall back to the heap.
+const maxBuckets = 8
+
+// Reserve decides on every one of buckets whether a request costing c may
+// go (see [Local.ReserveAt]) for every replica sharing the Redis. A
+// concurrency refusal is Busy with a Wait to ask again after, since slots
+// other replicas return wake nobody here. While Redis is unreachable it
+// decides on the degraded twins. The error is always nil: an outage is
+// handled here, not by the caller.
+func (s *Shared) Reserve(ctx context.Context, buckets []*Bucket, c Cost, a Ask) (Decision, error) {
+	if len(buckets) == 0 {
+		return Decision{OK: true, Bucket: -1}, nil
+	}
+	if !s.up.Load() {
+		return s.local.ReserveAt(time.Now(), buckets, c, a), nil
+	}
+	var keyBuf [maxBuckets]string
+	var argBuf [7 + 5*maxBuckets]any
+	keys, args := keyBuf[:0], argBuf[:0]
+	args = append(args, s.replica, max(c.Requests, 0), max(c.Tokens, 0),
+		max(a.CommitWithin, 0).Microseconds(), min(max(a.Headroom, 0), 0.99), s.lease.Milliseconds(), s.ttl().Milliseconds())
+	for _, b := range buckets {
+		r := s.remoteOf(b)
+		keys = append(keys, r.key)
+		args = append(args, r.iv[requests], r.tol[requests], r.iv[tokens], r.tol[tokens], r.conc)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	res, err := reserveScript.Run(ctx, s.c, keys, args...).Int64Slice()
+	cancel()
+	if err != nil || len(res) != 5 {
+		s.down(fmt.Errorf("reserving on %s: %w", keys[0], err))
+		return s.local.ReserveAt(time.Now(), buckets, c, a), nil
+	}
+	if res[4] >= 0 && int(res[4]) < len(buckets) {
+		s.local.PauseAt(time.Now(), buckets[res[4]], time.UnixMicro(res[3]))
+	}
+	d := Decision{Wait: time.Duration(res[1]) * time.Microsecond, Bucket: int(res[2])}
+	switch res[0] {
+	case 0:
+		d.OK, d.Bucket = true, -1
+		s.local.hold(buckets)
+	case 2:
+		d.Busy = true
+		d.Wait = max(d.Wait, busyRecheck)
+	case 3:
+		d.Never = true
+	}
+	return d, nil
+}
+
+// busyRecheck is how soon a replica asks again for a concurrency slot:
+// another replica's release does not wake it.
+const busyRecheck = 20 * time.Millisecond
+
+// hold counts a request admitted through Redis on the twins too, so that
+// the twins always know this replica's requests in flight.
+func (l *Local) hold(buckets []*Bucket) {
+	l.mu.Lock()
+	for _, b := range buckets {
+		l.own(b)
+		b.inflight++
+	}
+	l.mu.Unlock()
+}
+
+// ttl is how long an idle bucket key lives: past any tolerance, pause or
+// lease it could still hold.
+func (s *Shared) ttl() time.Duration { return 10*time.Minute + s.lease }
+
+// Adjust corrects what was charged on every one of buckets (see
+// [Local.AdjustAt]). While Redis is reachable the correction is sent with
+// the next settle; otherwise it applies to the twins.
+func (s *Shared) Adjust(_ context.Context, buckets []*Bucket, delta Cost) error {
+	if !s.up.Load() {
+		s.local.AdjustAt(time.Now(), buckets, delta)
+		return nil
+	}
+	s.mu.Lock()
+	for _, b := range buckets {
+		r := s.buckets[b]
+		r.delta[requests] += delta.Requests
+		r.delta[tokens] += delta.Tokens
+		r.dirty = true
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// Release returns a concurrency slot on every one of buckets: at once on
+// the twins, with the next settle in Redis.
+func (s *Shared) Release(ctx context.Context, buckets []*Bucket) error {
+	_ = s.local.Release(ctx, buckets)
+	s.mu.Lock()
+	for _, b := range buckets {
+		if r := s.buckets[b]; r.conc > 0 {
+			r.released++
+			r.dirty = true
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// PauseAt pauses b for every replica until until (see [Local.PauseAt]),
+// and on its twin. It reports whether the pause was extended.
+func (s *Shared) PauseAt(now time.Time, b *Bucket, until time.Time) bool {
+	extended := s.local.PauseAt(now, b, until)
+	if !s.up.Load() {
+		return extended
+	}
+	r := s.remoteOf(b)
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	n, err := pauseScript.Run(ctx, s.c, []string{r.key}, until.UnixMicro(), s.ttl().Milliseconds()).Int64()
+	if err != nil {
+		s.down(fmt.Errorf("pausing %s: %w", r.key, err))
+		return extended
+	}
+	return n == 1
+}
+
+// PausedUntil returns when b's pause ends, as this replica last learned
+// it: its own pauses and those its reservations met.
+func (s *Shared) PausedUntil(now time.Time, b *Bucket) time.Time {
+	return s.local.PausedUntil(now, b)
+}
+
+// ClampAt lowers b to what the provider reported left (see
+// [Local.ClampAt]): at once on the twin, with the next settle in Redis.
+// The report describes the whole account, so it is what keeps the twins
+// honest while Redis is away.
+func (s *Shared) ClampAt(now time.Time, b *Bucket, remainingRequests, remainingTokens int64) {
+	s.local.ClampAt(now, b, scaledLeft(remainingRequests, s.share), scaledLeft(remainingTokens, s.share))
+	s.mu.Lock()
+	r := s.buckets[b]
+	for d, left := range [dimensions]int64{remainingRequests, remainingTokens} {
+		if left >= 0 && (r.left[d] < 0 || left < r.left[d]) {
+			r.left[d], r.dirty = left, true
+		}
+	}
+	s.mu.Unlock()
+}
+
+// scaledLeft is this replica's part of what the account has left.
+func scaledLeft(left int64, share float64) int64 {
+	if left < 0 {
+		return left
+	}
+	return int64(float64(left) * share)
+}
+
+// Estimate returns how long a request costing c would wait on buckets,
+// ignoring concurrency and burst (see [Local.EstimateAt]), from Redis's
+// state, or the twins' while Redis is away.
+func (s *Shared) Estimate(buckets []*Bucket, c Cost) time.Duration {
+	now, st, ok := s.read(buckets)
+	if !ok {
+		return s.local.Estimate(buckets, c)
+	}
+	cost := [dimensions]int64{max(c.Requests, 0), max(c.Tokens, 0)}
+	var wait int64
+	for i, b := range buckets {
+		r := s.remoteOf(b)
+		wait = max(wait, st[i].paused-now)
+		for d := range cost {
+			if r.iv[d] == 0 || cost[d] == 0 {
+				continue
+			}
+			wait = max(wait, max(st[i].tat[d], now)-now+cost[d]*r.iv[d]-r.tol[d])
+		}
+	}
+	return time.Duration(wait) * time.Microsecond
+}
+
+// Usage returns b's shared state (see [Local.UsageAt]), or its twin's
+// while Redis is away.
+func (s *Shared) Usage(b *Bucket) Usage {
+	now, st, ok := s.read([]*Bucket{b})
+	if !ok {
+		return s.local.Usage(b)
+	}
+	r := s.remoteOf(b)
+	u := Usage{Inflight: st[0].inflight}
+	var left, capacity [dimensions]float64
+	for d := range left {
+		if r.iv[d] == 0 {
+			continue
+		}
+		owed := max(st[0].tat[d], now) - now
+		left[d] = float64(r.tol[d]-owed) / float64(r.iv[d])
+		capacity[d] = float64(r.tol[d]) / float64(r.iv[d])
+	}
+	u.Requests, u.Tokens = left[requests], left[tokens]
+	u.RequestCapacity, u.TokenCapacity = capacity[requests], capacity[tokens]
+	return u
+}
+
+// bucketState is one bucket as read.lua returns it.
+type bucketState struct {
+	tat      [dimensions]int64
+	paused   int64
+	inflight int64
+}
+
+func (s *Shared) read(buckets []*Bucket) (now int64, st []bucketState, ok bool) {
+	if !s.up.Load() || len(buckets) == 0 {
+		return 0, nil, false
+	}
+	keys := make([]string, len(buckets))
+	for i, b := range buckets {
+		keys[i] = s.remoteOf(b).key
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	res, err := readScript.Run(ctx, s.c, keys).Int64Slice()
+	if err != nil || len(res) != 1+4*len(buckets) {
+		s.down(fmt.Errorf("reading %s: %w", keys[0], err))
+		return 0, nil, false
+	}
+	st = make([]bucketState, len(buckets))
+	for i := range st {
+		v := res[1+4*i:]
+		st[i] = bucketState{tat: [dimensions]int64{v[0], v[1]}, paused: v[2], inflight: v[3]}
+	}
+	return res[0], st, true
+}
+
+// down switches to the twins after a failed Redis call.
+func (s *Shared) down(err error) {
+	if s.up.CompareAndSwap(true, false) {
+		s.log.Warn("redis unreachable: limiting on this replica alone at the degraded share until it is back",
+			slog.Float64("share", s.share), slog.String("error", fmt.Sprint(err)))
+		s.onRedis(false)
+	}
+}
+
+// Run settles batched changes every SettleEvery, renews this replica's
+// leases, and while Redis is away probes it and re-syncs when it returns.
+// It returns when ctx is done, after a last settle.
+func (s *Shared) Run(ctx context.Context) {
+	settle := time.NewTicker(s.every)
+	defer settle.Stop()
+	renew := time.NewTicker(s.lease / 3)
+	defer renew.Stop()
+	probe := time.NewTicker(500 * time.Millisecond)
+	defer probe.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if s.up.Load() {
+				s.settle(false, false)
+			}
+			return
+		case <-settle.C:
+			if s.up.Load() {
+				s.settle(false, false)
+			}
+		case <-renew.C:
+			if s.up.Load() {
+				s.settle(true, false)
+			}
+		case <-probe.C:
+			if !s.up.Load() {
+				s.recover()
+			}
+		}
+	}
+}
+
+// recover re-syncs with a Redis that answers again: this replica's
+// in-flight counts are written outright, and buckets Redis lost start
+// empty (settle.lua).
+func (s *Shared) recover() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	err := s.c.Ping(ctx).Err()
+	cancel()
+	if err != nil {
+		return
+	}
+	if !s.settle(true, true) {
+		return
+	}
+	if s.up.CompareAndSwap(false, true) {
+		s.log.Info("redis reachable again: limits shared across replicas")
+		s.onRedis(true)
+	}
+}
+
+// settle sends the pending changes of every hash tag, one call per tag:
+// those with changes, or all of them when renew is set (the lease
+// renewal), with the in-flight counts written outright when resync is set.
+// It reports whether every call succeeded; pending changes of a failed
+// call are lost, the conservative way (refunds not given back, overages
+// not charged; a missed release is cured by the next resync).
+func (s *Shared) settle(renew, resync bool) bool {
+	type call struct {
+		keys []string
+		args []any
+	}
+	var calls []call
+	s.mu.Lock()
+	for _, ts := range s.tags {
+		var c call
+		var counts []any
+		for _, b := range ts.buckets {
+			r := s.buckets[b]
+			if !r.dirty && !renew {
+				continue
+			}
+			c.keys = append(c.keys, r.key)
+			c.args = append(c.args, r.iv[requests], r.tol[requests], r.iv[tokens], r.tol[tokens],
+				r.delta[requests], r.delta[tokens], r.released, r.left[requests], r.left[tokens])
+			set := int64(-1)
+			if resync && r.conc > 0 {
+				set = s.local.inflightOf(b)
+			}
+			counts = append(counts, set)
+			r.delta, r.released, r.left, r.dirty = [dimensions]int64{}, 0, [dimensions]int64{-1, -1}, false
+		}
+		if len(c.keys) > 0 {
+			flag := 0
+			if resync {
+				flag = 1
+			}
+			c.args = append(append([]any{s.replica, s.lease.Milliseconds(), s.ttl().Milliseconds(), flag}, c.args...), counts...)
+			calls = append(calls, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range calls {
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		err := settleScript.Run(ctx, s.c, c.keys, c.args...).Err()
+		cancel()
+		if err != nil {
+			s.down(fmt.Errorf("settling %s: %w", c.keys[0], err))
+			return false
+		}
+	}
+	return true
+}
+
+// inflightOf returns b's count of requests in flight.
+func (l *Local) inflightOf(b *Bucket) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.own(b)
+	return b.inflight
+}
