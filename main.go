@@ -136,7 +136,19 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dl, err := openDeadLetters(cfg, log)
+	var rc redis.UniversalClient
+	var shared *sharedMode
+	if cfg.SharedMode() {
+		if rc, err = redisClient(cfg.Redis); err != nil {
+			return err
+		}
+		defer rc.Close()
+		if shared, err = newSharedMode(cfg, rc, m, log); err != nil {
+			return err
+		}
+		ps.Limiter, ps.OnBreakerOpen = shared.limiter, shared.announce
+	}
+	dl, err := openDeadLetters(cfg, rc, log)
 	if err != nil {
 		return err
 	}
@@ -158,6 +170,14 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 		return err
 	}
 	adm.HandleDeadLetters(dl.store, deadletter.NewReplayer(dl.store, px, m.Replayed))
+	if shared != nil {
+		names := make([]string, len(cfg.Providers))
+		for i, p := range cfg.Providers {
+			names[i] = p.Name
+		}
+		shared.start(px, names)
+		defer shared.stop()
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -208,15 +228,14 @@ type deadLetters struct {
 	}
 	file   *deadletter.FileStore
 	spool  *deadletter.Spool // nil in single-replica mode
-	redis  redis.UniversalClient
 	cancel context.CancelFunc // stops the spool's mover
 	done   chan struct{}
 }
 
 // openDeadLetters opens the JSON-lines file in single-replica mode, and in
-// shared mode the Redis stream with the file as its spool while Redis is
-// away.
-func openDeadLetters(cfg *config.Config, log *slog.Logger) (*deadLetters, error) {
+// shared mode (rc not nil) the Redis stream with the file as its spool
+// while Redis is away.
+func openDeadLetters(cfg *config.Config, rc redis.UniversalClient, log *slog.Logger) (*deadLetters, error) {
 	file, err := deadletter.OpenFile(cfg.DeadLetter.File)
 	if err != nil {
 		return nil, fmt.Errorf("deadletter.file: %w", err)
@@ -229,17 +248,12 @@ func openDeadLetters(cfg *config.Config, log *slog.Logger) (*deadLetters, error)
 		log.Warn("dead-letter file not compacted; it keeps working uncompacted", slog.String("file", cfg.DeadLetter.File), slog.String("error", err.Error()))
 	}
 	dl := &deadLetters{store: file, file: file}
-	if !cfg.SharedMode() {
+	if rc == nil {
 		return dl, nil
-	}
-	rc, err := redisClient(cfg.Redis)
-	if err != nil {
-		file.Close()
-		return nil, err
 	}
 	spool := deadletter.NewSpool(deadletter.NewRedisStore(rc, cfg.DeadLetter.Stream, cfg.DeadLetter.MaxLen, cfg.Redis.CommandTimeout), file, log)
 	ctx, cancel := context.WithCancel(context.Background())
-	dl.store, dl.spool, dl.redis, dl.cancel, dl.done = spool, spool, rc, cancel, make(chan struct{})
+	dl.store, dl.spool, dl.cancel, dl.done = spool, spool, cancel, make(chan struct{})
 	go func() {
 		defer close(dl.done)
 		if err := spool.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -256,9 +270,6 @@ func (dl *deadLetters) close(log *slog.Logger) {
 	}
 	if err := dl.file.Close(); err != nil {
 		log.Warn("closing the dead-letter file", slog.String("error", err.Error()))
-	}
-	if dl.redis != nil {
-		_ = dl.redis.Close()
 	}
 }
 

@@ -140,6 +140,17 @@ type Redis struct {
 	// CommandTimeout bounds each Redis command or script call. Default
 	// 50ms. Must be > 0.
 	CommandTimeout time.Duration `yaml:"command_timeout"`
+	// KeyPrefix starts every quota, lease and breaker key. Default
+	// "sluice:". Replicas that share quotas must share it.
+	KeyPrefix string `yaml:"key_prefix"`
+	// ExpectedReplicas is how many replicas share the quotas. While Redis
+	// is unreachable each replica limits itself, alone, to 0.9 /
+	// ExpectedReplicas of every quota (clamped further by what the
+	// provider reports left). Default 1. Must be >= 1.
+	ExpectedReplicas int `yaml:"expected_replicas"`
+	// LeaseTTL is how long the concurrency slots of a replica that stopped
+	// (crashed, or lost Redis) stay taken. Default 15s. Must be >= 1s.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
 }
 
 // Class is a priority class, named by the X-Priority request header.
@@ -367,8 +378,11 @@ func Default() *Config {
 		TokenEstimator: defaultTokenEstimator,
 		Admin:          Admin{Listen: defaultAdminListen},
 		Redis: Redis{
-			DialTimeout:    defaultDialTimeout,
-			CommandTimeout: defaultCommandTimeout,
+			DialTimeout:      defaultDialTimeout,
+			CommandTimeout:   defaultCommandTimeout,
+			KeyPrefix:        "sluice:",
+			ExpectedReplicas: 1,
+			LeaseTTL:         15 * time.Second,
 		},
 		Classes:      defaultClasses(),
 		DefaultClass: defaultClassName,

@@ -153,6 +153,9 @@ func TestBadFixtures(t *testing.T) {
 		{"default-max-tokens-negative", "providers[openai].default_max_tokens: must be >= 0, got -1"},
 		{"retry-max-pause-negative", "providers[openai].retry.max_pause: must be > 0, got -1s"},
 		{"api-key-trailing-newline", "providers[openai].api_key: must not contain whitespace or control characters"},
+		{"redis-expected-replicas-zero", "redis.expected_replicas: must be >= 1, got 0"},
+		{"redis-key-prefix-hash-tag", "redis.key_prefix: must not contain { or }"},
+		{"redis-lease-ttl-short", "redis.lease_ttl: must be >= 1s, got 100ms"},
 	}
 	seen := map[string]bool{}
 	for _, tt := range tests {
@@ -234,7 +237,7 @@ func TestMinimalDefaults(t *testing.T) {
 		LogLevel:      "info",
 		LogFormat:     "json",
 		Admin:         Admin{Listen: "127.0.0.1:9090"},
-		Redis:         Redis{DialTimeout: 200 * time.Millisecond, CommandTimeout: 50 * time.Millisecond},
+		Redis:         Redis{DialTimeout: 200 * time.Millisecond, CommandTimeout: 50 * time.Millisecond, KeyPrefix: "sluice:", ExpectedReplicas: 1, LeaseTTL: 15 * time.Second},
 		Classes: []Class{
 			{Name: "critical", MaxWait: 30 * time.Second, MaxQueue: 1000, Share: 1, Weight: 8, Headroom: fraction(0)},
 			{Name: "high", MaxWait: time.Minute, MaxQueue: 5000, Share: 1, Weight: 4, Headroom: fraction(0.2)},
@@ -276,6 +279,9 @@ func TestFullFixture(t *testing.T) {
 		{"admin not loopback", c.Admin.IsLoopback(), false},
 		{"admin token", c.Admin.Token.Reveal(), "admin-token-value"},
 		{"redis addrs", len(c.Redis.Addrs), 3},
+		{"redis key prefix", c.Redis.KeyPrefix, "team-a:"},
+		{"redis expected replicas", c.Redis.ExpectedReplicas, 3},
+		{"redis lease ttl", c.Redis.LeaseTTL, 20 * time.Second},
 		{"classes replace the defaults", len(c.Classes), 2},
 		{"class share absent means 1", c.Classes[0].Share, 1.0},
 		{"class share", c.Classes[1].Share, 0.25},

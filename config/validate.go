@@ -179,6 +179,16 @@ func (r *Redis) validate(p *problems) {
 	}
 	positive(p, "redis.dial_timeout", r.DialTimeout)
 	positive(p, "redis.command_timeout", r.CommandTimeout)
+	checkText(p, "redis.key_prefix", r.KeyPrefix)
+	if strings.ContainsAny(r.KeyPrefix, "{}") {
+		p.addf("redis.key_prefix", "must not contain { or }: Sluice adds the hash tags itself")
+	}
+	if r.ExpectedReplicas < 1 {
+		p.addf("redis.expected_replicas", "must be >= 1, got %d", r.ExpectedReplicas)
+	}
+	if r.LeaseTTL < time.Second {
+		p.addf("redis.lease_ttl", "must be >= 1s, got %v", r.LeaseTTL)
+	}
 }
 
 // urlReason strips url.Parse's error down to the reason, leaving out the

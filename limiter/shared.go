@@ -254,7 +254,7 @@ func (s *Shared) Reserve(ctx context.Context, buckets []*Bucket, c Cost, a Ask) 
 	var argBuf [7 + 5*maxBuckets]any
 	keys, args := keyBuf[:0], argBuf[:0]
 	args = append(args, s.replica, max(c.Requests, 0), max(c.Tokens, 0),
-		max(a.CommitWithin, 0).Microseconds(), min(max(a.Headroom, 0), 0.99), s.lease.Milliseconds(), s.ttl().Milliseconds())
+		max(a.CommitWithin, 0).Microseconds(), headroom(a.Headroom), s.lease.Milliseconds(), s.ttl().Milliseconds())
 	for _, b := range buckets {
 		r := s.remoteOf(b)
 		keys = append(keys, r.key)
@@ -282,6 +282,18 @@ func (s *Shared) Reserve(ctx context.Context, buckets []*Bucket, c Cost, a Ask) 
 		d.Never = true
 	}
 	return d, nil
+}
+
+// headroom clamps an Ask's headroom as [Local] does: NaN and negatives are
+// none, 1 or more leaves everything but a full bucket.
+func headroom(h float64) float64 {
+	switch {
+	case !(h > 0):
+		return 0
+	case h >= 1:
+		return 0.999999999
+	}
+	return h
 }
 
 // busyRecheck is how soon a replica asks again for a concurrency slot:

@@ -118,6 +118,24 @@ func (m *Metrics) Replayed(provider, outcome string) {
 	m.replays.WithLabelValues(provider, outcome).Inc()
 }
 
+// RedisUp registers sluice_redis_up, for shared mode, and returns its
+// setter: 1 while Redis answers, 0 while the replica limits alone.
+func (m *Metrics) RedisUp() func(up bool) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sluice_redis_up",
+		Help: "1 while the Redis that replicas share quotas through answers; 0 while this replica limits on its own at its degraded share.",
+	})
+	g.Set(1)
+	m.reg.MustRegister(g)
+	return func(up bool) {
+		if up {
+			g.Set(1)
+		} else {
+			g.Set(0)
+		}
+	}
+}
+
 // SpoolDepth reports, at scrape time, the dead letters waiting in the local
 // spool file for Redis to come back.
 func (m *Metrics) SpoolDepth(depth func() float64) {

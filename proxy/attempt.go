@@ -32,8 +32,9 @@ type failurePolicy struct {
 	maxPause    time.Duration
 }
 
-// setFailureHandling sets up u's retries and breaker from pc.
-func (u *upstream) setFailureHandling(pc Provider, log *slog.Logger) error {
+// setFailureHandling sets up u's retries and breaker from pc. opened is
+// called, under the breaker's lock, when it opens: it must only signal.
+func (u *upstream) setFailureHandling(pc Provider, log *slog.Logger, opened func()) error {
 	r := pc.Retry
 	u.policy = failurePolicy{
 		maxAttempts: orDefault(r.MaxAttempts, 3),
@@ -50,6 +51,9 @@ func (u *upstream) setFailureHandling(pc Provider, log *slog.Logger) error {
 		// Runs under the breaker's lock: a gauge and a log line only.
 		OnStateChange: func(from, to breaker.State) {
 			m.BreakerState(int(to))
+			if to == breaker.Open {
+				opened()
+			}
 			log.Warn("circuit breaker changed state", slog.String("provider", name),
 				slog.String("from", from.String()), slog.String("to", to.String()))
 		},

@@ -173,7 +173,31 @@ type Settings struct {
 	// RedactHeaders names request headers redacted in dead letters on top
 	// of the credentials and cookies that always are.
 	RedactHeaders []string
+	// Limiter keeps the quotas. Nil: a [limiter.Local], for one replica;
+	// shared mode passes a [limiter.Shared].
+	Limiter Limiter
+	// OnBreakerOpen, if set, is told when a provider's breaker opens and
+	// until when, so that other replicas can hold theirs open too (see
+	// [Proxy.HoldBreakerOpen]). It runs on a goroutine of the proxy's own,
+	// one call at a time, and should return within a Redis timeout.
+	OnBreakerOpen func(provider string, until time.Time)
 }
+
+// Limiter keeps the quotas of every provider: [limiter.Local] in process,
+// or [limiter.Shared] across replicas.
+type Limiter interface {
+	scheduler.Limiter
+	NewBucket(key string, lim limiter.Limits) (*limiter.Bucket, error)
+	PauseAt(now time.Time, b *limiter.Bucket, until time.Time) bool
+	PausedUntil(now time.Time, b *limiter.Bucket) time.Time
+	ClampAt(now time.Time, b *limiter.Bucket, remainingRequests, remainingTokens int64)
+	Usage(b *limiter.Bucket) limiter.Usage
+}
+
+var (
+	_ Limiter = (*limiter.Local)(nil)
+	_ Limiter = (*limiter.Shared)(nil)
+)
 
 // Proxy serves the data plane. Create it with [New]; it is safe for
 // concurrent use, and must not be used after [Proxy.Shutdown] returns.
@@ -191,7 +215,7 @@ type Proxy struct {
 	routes       []classRoute // longest path first
 	errPriority  *apiError
 
-	lim         *limiter.Local
+	lim         Limiter
 	estimator   *tokens.Estimator
 	deadLetters DeadLetters
 	redactor    *deadletter.Redactor
@@ -203,6 +227,13 @@ type Proxy struct {
 		wg       sync.WaitGroup
 		stopOnce sync.Once
 		stopped  chan struct{} // closed when the dispatchers stop: backoffs end too
+	}
+
+	// breakers tells OnBreakerOpen of breakers that opened, from a
+	// goroutine of the dispatchers' group: a breaker reports under its lock.
+	breakers struct {
+		announce func(provider string, until time.Time)
+		opened   chan int // indexes upstreams
 	}
 
 	draining atomic.Bool
@@ -268,11 +299,16 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 		defaultClass: defaultClass,
 		errPriority: newAPIError(fasthttp.StatusBadRequest, "invalid_request_error", "invalid_priority",
 			"X-Priority must name a priority class: one of "+strings.Join(names, ", ")),
-		lim:         limiter.NewLocal(nil),
+		lim:         s.Limiter,
 		estimator:   est,
 		deadLetters: s.DeadLetters,
 		redactor:    deadletter.NewRedactor(s.RedactHeaders),
 	}
+	if p.lim == nil {
+		p.lim = limiter.NewLocal(nil)
+	}
+	p.breakers.announce = s.OnBreakerOpen
+	p.breakers.opened = make(chan int, len(s.Providers))
 	p.exchanges.New = func() any { return new(exchange) }
 	p.idle = make(chan struct{}, 1)
 	p.dispatchers.stopped = make(chan struct{})
@@ -297,7 +333,14 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 			return nil, fmt.Errorf("proxy: %w", err)
 		}
 		up.metrics = m.Provider(pc.Name, names, func() float64 { return float64(up.inflight.Load()) }, up.quota.queued)
-		if err := up.setFailureHandling(pc, log); err != nil {
+		i := len(p.upstreams)
+		opened := func() {
+			select {
+			case p.breakers.opened <- i:
+			default: // this provider is announced already
+			}
+		}
+		if err := up.setFailureHandling(pc, log, opened); err != nil {
 			return nil, fmt.Errorf("proxy: %w", err)
 		}
 		p.upstreams = append(p.upstreams, up)
@@ -379,6 +422,9 @@ func (p *Proxy) startDispatchers() {
 	p.dispatchers.once.Do(func() {
 		ctx, cancel := context.WithCancel(context.Background())
 		p.dispatchers.cancel = cancel
+		if p.breakers.announce != nil {
+			p.dispatchers.wg.Go(func() { p.announceBreakers(ctx) })
+		}
 		for _, up := range p.upstreams {
 			for _, sc := range up.quota.scopes {
 				p.dispatchers.wg.Add(1)
@@ -389,6 +435,34 @@ func (p *Proxy) startDispatchers() {
 			}
 		}
 	})
+}
+
+// announceBreakers hands the breakers that open to OnBreakerOpen until ctx
+// is done.
+func (p *Proxy) announceBreakers(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case i := <-p.breakers.opened:
+			up := p.upstreams[i]
+			if until := up.breaker.OpenUntil(); !until.IsZero() {
+				p.breakers.announce(up.name, until)
+			}
+		}
+	}
+}
+
+// HoldBreakerOpen holds the breaker of the named provider open until
+// until, as another replica's breaker is: requests to it wait or fail as
+// with an open breaker of its own. A hold only ever extends.
+func (p *Proxy) HoldBreakerOpen(provider string, until time.Time) {
+	for _, up := range p.upstreams {
+		if up.name == provider && up.breaker.HoldOpenUntil(until) {
+			p.log.Warn("circuit breaker held open: another replica's opened", slog.String("provider", provider),
+				slog.Time("until", until))
+		}
+	}
 }
 
 // stopDispatchers refuses what still waits for quota and stops the
@@ -583,7 +657,7 @@ func (p *Proxy) Status() []ProviderStatus {
 	return out
 }
 
-func bucketStatus(lim *limiter.Local, b *limiter.Bucket) BucketStatus {
+func bucketStatus(lim Limiter, b *limiter.Bucket) BucketStatus {
 	l, u := b.Limits(), lim.Usage(b)
 	bs := BucketStatus{
 		Key:               b.Key(),

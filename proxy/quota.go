@@ -36,11 +36,11 @@ type scope struct {
 	buckets          []*limiter.Bucket // shared by every class, for status
 	tokens           bool              // some bucket limits tokens: estimate and reconcile
 	defaultMaxTokens int64
-	lim              *limiter.Local
+	lim              Limiter
 }
 
 // newQuota builds the scopes of provider pc.
-func newQuota(pc Provider, classes []Class, lim *limiter.Local, log *slog.Logger) (*quota, error) {
+func newQuota(pc Provider, classes []Class, lim Limiter, log *slog.Logger) (*quota, error) {
 	q := &quota{models: make(map[string]*scope)}
 	// Without limits the provider's bucket admits everything, except while
 	// the provider has asked for a pause.
@@ -88,7 +88,7 @@ func limited(l limiter.Limits) bool {
 
 // newScope builds a scope charged to shared, plus, for each class with a
 // share below 1, ceiling buckets of its own scaled down by the share.
-func newScope(name string, shared []*limiter.Bucket, classes []Class, lim *limiter.Local, log *slog.Logger) (*scope, error) {
+func newScope(name string, shared []*limiter.Bucket, classes []Class, lim Limiter, log *slog.Logger) (*scope, error) {
 	sc := &scope{name: name, buckets: shared, lim: lim}
 	settings := scheduler.Settings{Name: name}
 	for _, c := range classes {
