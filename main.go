@@ -227,7 +227,7 @@ type deadLetters struct {
 		deadletter.ReplayStore
 	}
 	file   *deadletter.FileStore
-	spool  *deadletter.Spool // nil in single-replica mode
+	spool  *deadletter.Spool  // nil in single-replica mode
 	cancel context.CancelFunc // stops the spool's mover
 	done   chan struct{}
 }
