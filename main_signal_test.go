@@ -19,6 +19,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/deadletter"
+	"github.com/sluice-ai/sluice/internal/redistest"
 	"github.com/sluice-ai/sluice/internal/upstreamtest"
 )
 
@@ -186,5 +187,76 @@ func waitQueued(t *testing.T, adminURL string, n int) {
 			t.Fatalf("%d queued after 10s, want %d", queued, n)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestReplicaKilledLeasesReturn: a replica killed while it holds the
+// account's only concurrency slot gives it back when its lease expires:
+// another replica's request waits for that, not forever.
+func TestReplicaKilledLeasesReturn(t *testing.T) {
+	redis := redistest.Start(t)
+	release := make(chan struct{})
+	var arrived atomic.Int64
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	t.Cleanup(func() { close(release) }) // before the upstream closes: its handler waits on it
+	up.Handle(func(ctx *fasthttp.RequestCtx) {
+		if arrived.Add(1) == 1 {
+			<-release // the killed replica's request never ends
+		}
+		up.Default(ctx)
+	})
+	cfg := sharedConfig(up.URL, redis.URL(), "    limits: {max_concurrency: 1}\n", "")
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(cfg+"deadletter:\n  file: "+filepath.Join(t.TempDir(), "dl.jsonl")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "serve", "-config", path)
+	cmd.Env = append(os.Environ(), "SLUICE_TEST_MAIN=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	logs := bufio.NewScanner(stderr)
+	var addr string
+	for addr == "" && logs.Scan() {
+		var line struct{ Msg, Listen string }
+		if json.Unmarshal(logs.Bytes(), &line) == nil && line.Msg == "serving" {
+			addr = line.Listen
+		}
+	}
+	if addr == "" {
+		t.Fatal("the replica exited before serving")
+	}
+	go func() {
+		for logs.Scan() {
+		}
+	}()
+	go http.Post("http://"+addr+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"m","messages":[]}`))
+	for arrived.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+
+	other := mustRun(t, cfg)
+	start := time.Now()
+	code, waited := send(t, other.URL, nil)
+	if code != 200 {
+		t.Fatalf("the other replica's request: %d, want 200 once the dead replica's lease expired", code)
+	}
+	// lease_ttl is 1s: the slot was taken until then, and not much longer.
+	if took := time.Since(start); waited < 200*time.Millisecond || took > 5*time.Second {
+		t.Errorf("waited %v in the queue (%v in all); want the rest of the dead replica's 1s lease", waited, took)
 	}
 }
