@@ -307,4 +307,3 @@ func TestReplicasSurviveRedisOutage(t *testing.T) {
 		t.Errorf("no quota keys in Redis after the re-sync (%v): shared limiting did not resume", err)
 	}
 }
-
