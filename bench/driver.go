@@ -170,11 +170,8 @@ func runDriver(ctx context.Context, args []string, stdout, stderr io.Writer) (er
 	if err != nil {
 		return err
 	}
-	for _, cpus := range []string{s.loadCPU, s.serverCPU} {
-		if out, err := exec.CommandContext(ctx, "taskset", "-c", cpus, "true").CombinedOutput(); err != nil {
-			return fmt.Errorf("pinning to CPU %s with taskset (the bench needs 2 CPUs, see -load-cpu and -server-cpu): %w: %s",
-				cpus, err, bytes.TrimSpace(out))
-		}
+	if err := checkPinning(ctx, s.loadCPU, s.serverCPU); err != nil {
+		return err
 	}
 	nginxBin, err := findNginx(ctx, stderr)
 	if err != nil {
@@ -244,7 +241,7 @@ func runDriver(ctx context.Context, args []string, stdout, stderr io.Writer) (er
 	targets = append(targets, target{name: targetNginx, addr: loopback(ports[1]), proxy: ng})
 
 	if !s.skipSluice {
-		sl, err := startSluice(sluiceBin, s.serverCPU, dir, loopback(ports[2]), loopback(ports[3]), upAddr)
+		sl, err := startSluice(sluiceBin, s.serverCPU, dir, "sluice", loopback(ports[2]), loopback(ports[3]), upAddr, "")
 		if err != nil {
 			return err
 		}
@@ -303,7 +300,7 @@ func measure(ctx context.Context, s driverSettings, self string, targets []targe
 		timeout: 4*s.warmup + 30*time.Second,
 	}
 	for _, t := range targets {
-		if _, err := runPhase(ctx, s, self, t, up, warm); err != nil {
+		if _, err := runPhase(ctx, s.loadCPU, self, t, up, warm); err != nil {
 			return nil, fmt.Errorf("warming up %s: %w", t.name, err)
 		}
 	}
@@ -314,7 +311,7 @@ func measure(ctx context.Context, s driverSettings, self string, targets []targe
 		order := append(append([]target(nil), targets[r%len(targets):]...), targets[:r%len(targets)]...)
 		for _, ph := range phases(s) {
 			for _, t := range order {
-				res, err := runPhase(ctx, s, self, t, up, ph)
+				res, err := runPhase(ctx, s.loadCPU, self, t, up, ph)
 				if err != nil {
 					return nil, fmt.Errorf("round %d, %s, %s: %w", r+1, ph.name, t.name, err)
 				}
@@ -336,11 +333,23 @@ func measure(ctx context.Context, s driverSettings, self string, targets []targe
 
 func loopback(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
-// runPhase runs `bench load` for one phase against t, pinned to the load
-// CPU, and returns its result.
-func runPhase(ctx context.Context, s driverSettings, self string, t target, up *proc, ph phase) (loadResult, error) {
+// checkPinning fails early, with a hint, when taskset cannot pin a process
+// to each of cpus.
+func checkPinning(ctx context.Context, cpus ...string) error {
+	for _, c := range cpus {
+		if out, err := exec.CommandContext(ctx, "taskset", "-c", c, "true").CombinedOutput(); err != nil {
+			return fmt.Errorf("pinning to CPU %s with taskset (the bench needs 2 CPUs, see -load-cpu and -server-cpu): %w: %s",
+				c, err, bytes.TrimSpace(out))
+		}
+	}
+	return nil
+}
+
+// runPhase runs `bench load` for one phase against t, pinned to loadCPU,
+// and returns its result.
+func runPhase(ctx context.Context, loadCPU, self string, t target, up *proc, ph phase) (loadResult, error) {
 	var res loadResult
-	args := append([]string{"-c", s.loadCPU, self, "load", "-addr", t.addr}, ph.args...)
+	args := append([]string{"-c", loadCPU, self, "load", "-addr", t.addr}, ph.args...)
 	args = append(args, "-upstream-pids", strconv.Itoa(up.pid()))
 	if t.proxy != nil {
 		pids, err := processTree(t.proxy.pid())
@@ -478,18 +487,30 @@ providers:
       max_concurrency: 100000
 `
 
-// startSluice writes the Sluice config into dir/sluice and starts Sluice on it.
-func startSluice(bin, cpus, dir, listen, admin, upstream string) (*proc, error) {
-	sdir := filepath.Join(dir, "sluice")
+// startSluice writes a Sluice config into dir/name and starts Sluice on it:
+// [sluiceConfig], in shared mode when redisURL is not empty.
+func startSluice(bin, cpus, dir, name, listen, admin, upstream, redisURL string) (*proc, error) {
+	sdir := filepath.Join(dir, name)
 	if err := os.Mkdir(sdir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating the sluice directory: %w", err)
+		return nil, fmt.Errorf("creating the %s directory: %w", name, err)
 	}
 	confPath := filepath.Join(sdir, "sluice.yaml")
-	if err := os.WriteFile(confPath, fmt.Appendf(nil, sluiceConfig, listen, admin, upstream), 0o644); err != nil {
-		return nil, fmt.Errorf("writing the sluice config: %w", err)
+	if err := os.WriteFile(confPath, sluiceYAML(listen, admin, upstream, redisURL), 0o644); err != nil {
+		return nil, fmt.Errorf("writing the %s config: %w", name, err)
 	}
 	// Run in sdir so that files Sluice writes by default stay in it.
-	return startProc("sluice", cpus, sdir, filepath.Join(sdir, "sluice.log"), bin, "-config", confPath)
+	return startProc(name, cpus, sdir, filepath.Join(sdir, "sluice.log"), bin, "-config", confPath)
+}
+
+// sluiceYAML is [sluiceConfig] for these addresses, with its quotas kept in
+// the Redis at redisURL (shared mode) when that is not empty. Both modes
+// get the same limits, so that only where they are kept differs.
+func sluiceYAML(listen, admin, upstream, redisURL string) []byte {
+	b := fmt.Appendf(nil, sluiceConfig, listen, admin, upstream)
+	if redisURL != "" {
+		b = fmt.Appendf(b, "redis: {url: %q}\n", redisURL)
+	}
+	return b
 }
 
 // moduleRoot returns the directory of the main module (the Sluice repo).

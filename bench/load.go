@@ -49,8 +49,9 @@ type loadSettings struct {
 	warmReqs int           // unmeasured requests before them (ttfb)
 	timeout  time.Duration // per request, and the bound on a backlog draining
 
-	proxyPIDs    []int // processes whose CPU time is the proxy's (max)
-	upstreamPIDs []int // processes whose CPU time is the upstream's (max)
+	proxyPIDs    []int // processes whose CPU time is the proxy's
+	upstreamPIDs []int // processes whose CPU time is the upstream's
+	redisPIDs    []int // processes whose CPU time is the Redis server's (bench shared)
 }
 
 // loadResult is the JSON that `bench load` prints. Durations are in
@@ -62,6 +63,10 @@ type loadResult struct {
 	FirstError string  `json:"first_error,omitempty"` // the first failure, as an example
 	Seconds    float64 `json:"seconds"`               // length of the window of the CPU counts
 	RPS        float64 `json:"rps"`                   // Requests / Seconds (max)
+	// Sent counts the requests sent in the whole phase, warm-up and
+	// failures included (rate): what the CPU counts, which cover the whole
+	// phase, are divided by.
+	Sent int64 `json:"sent"`
 
 	// P50 and P99 are the latency percentiles: from the scheduled send time
 	// to the end of the response (rate), or to the first body byte (ttfb).
@@ -74,11 +79,13 @@ type loadResult struct {
 	// EndP50 is the median time to the end of the stream (ttfb).
 	EndP50 time.Duration `json:"end_p50_ns"`
 
-	// CPU time in the window: of the proxy, upstream and load generator
-	// processes, of all other processes on the machine, and stolen by the
-	// hypervisor. The window is the measured one (max), or the whole phase.
+	// CPU time in the window: of the proxy, upstream, Redis and load
+	// generator processes, of all other processes on the machine, and
+	// stolen by the hypervisor. The window is the measured one (max), or
+	// the whole phase.
 	ProxyTicks    int64 `json:"proxy_ticks"`
 	UpstreamTicks int64 `json:"upstream_ticks"`
+	RedisTicks    int64 `json:"redis_ticks"`
 	LoadTicks     int64 `json:"load_ticks"`
 	OtherTicks    int64 `json:"other_ticks"`
 	StealTicks    int64 `json:"steal_ticks"`
@@ -119,8 +126,9 @@ func parseLoadFlags(args []string, stderr io.Writer) (loadSettings, error) {
 	fs.IntVar(&s.requests, "requests", 500, "measured requests (ttfb)")
 	fs.IntVar(&s.warmReqs, "warmup-requests", 20, "unmeasured requests first (ttfb)")
 	fs.DurationVar(&s.timeout, "timeout", 5*time.Second, "per request")
-	proxyPIDs := fs.String("proxy-pids", "", "comma-separated `pids` of the proxy (max)")
-	upstreamPIDs := fs.String("upstream-pids", "", "comma-separated `pids` of the upstream (max)")
+	proxyPIDs := fs.String("proxy-pids", "", "comma-separated `pids` of the proxy")
+	upstreamPIDs := fs.String("upstream-pids", "", "comma-separated `pids` of the upstream")
+	redisPIDs := fs.String("redis-pids", "", "comma-separated `pids` of the Redis server, if any")
 	if err := fs.Parse(args); err != nil {
 		return s, err
 	}
@@ -130,6 +138,9 @@ func parseLoadFlags(args []string, stderr io.Writer) (loadSettings, error) {
 	}
 	if s.upstreamPIDs, err = parsePIDs(*upstreamPIDs); err != nil {
 		return s, fmt.Errorf("-upstream-pids: %w", err)
+	}
+	if s.redisPIDs, err = parsePIDs(*redisPIDs); err != nil {
+		return s, fmt.Errorf("-redis-pids: %w", err)
 	}
 	switch {
 	case s.mode != modeMax && s.mode != modeRate && s.mode != modeTTFB:
@@ -237,10 +248,10 @@ func runMax(ctx context.Context, s loadSettings) (loadResult, error) {
 // usage is a reading of the cumulative counters that a phase reports the
 // change of over its window.
 type usage struct {
-	requests              int64 // successful requests (max)
-	proxy, upstream, load int64 // CPU clock ticks of those processes
-	machine, steal        int64 // CPU clock ticks of all CPUs: busy, and stolen by the hypervisor
-	at                    time.Time
+	requests                     int64 // successful requests (max)
+	proxy, upstream, redis, load int64 // CPU clock ticks of those processes
+	machine, steal               int64 // CPU clock ticks of all CPUs: busy, and stolen by the hypervisor
+	at                           time.Time
 }
 
 // readUsage reads the CPU counters and the clock together, so that the
@@ -252,6 +263,9 @@ func readUsage(s loadSettings) (usage, error) {
 		return u, err
 	}
 	if u.upstream, err = cpuTicks(s.upstreamPIDs); err != nil {
+		return u, err
+	}
+	if u.redis, err = cpuTicks(s.redisPIDs); err != nil {
 		return u, err
 	}
 	if u.load, err = cpuTicks([]int{os.Getpid()}); err != nil {
@@ -269,8 +283,9 @@ func (res *loadResult) setUsage(u0, u1 usage) {
 	res.Seconds = u1.at.Sub(u0.at).Seconds()
 	res.ProxyTicks = u1.proxy - u0.proxy
 	res.UpstreamTicks = u1.upstream - u0.upstream
+	res.RedisTicks = u1.redis - u0.redis
 	res.LoadTicks = u1.load - u0.load
-	res.OtherTicks = max(0, (u1.machine-u0.machine)-res.ProxyTicks-res.UpstreamTicks-res.LoadTicks)
+	res.OtherTicks = max(0, (u1.machine-u0.machine)-res.ProxyTicks-res.UpstreamTicks-res.RedisTicks-res.LoadTicks)
 	res.StealTicks = u1.steal - u0.steal
 }
 
@@ -309,8 +324,9 @@ func runRate(ctx context.Context, s loadSettings) (loadResult, error) {
 	giveUp := last.Add(s.timeout)
 
 	var (
-		failed errorCount
-		wg     sync.WaitGroup
+		failed   errorCount
+		attempts atomic.Int64
+		wg       sync.WaitGroup
 	)
 	for range s.conns {
 		wg.Go(func() {
@@ -326,6 +342,7 @@ func runRate(ctx context.Context, s loadSettings) (loadResult, error) {
 					failed.add(errBacklog)
 					continue
 				}
+				attempts.Add(1)
 				err := doChat(hc, req, resp)
 				done := time.Now()
 				if err != nil {
@@ -379,6 +396,7 @@ func runRate(ctx context.Context, s loadSettings) (loadResult, error) {
 	slices.Sort(ok)
 	slices.Sort(okLag)
 	res.Requests = int64(len(ok))
+	res.Sent = attempts.Load()
 	res.P50, res.P99 = percentile(ok, 0.50), percentile(ok, 0.99)
 	res.LagP50, res.LagP99 = percentile(okLag, 0.50), percentile(okLag, 0.99)
 	res.Errors, res.FirstError = failed.result()

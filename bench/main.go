@@ -17,6 +17,12 @@
 //
 //	go run ./bench waiting [-n 10000] [-body-bytes 100]
 //
+// Another compares Sluice in shared mode (quotas in a redis-server the
+// bench starts) with the same Sluice in single-replica mode, at fixed
+// rates, and counts the Redis commands and CPU per request:
+//
+//	go run ./bench shared [-rounds 3] [-rates 1000,3000] [-duration 10s]
+//
 // The binary re-executes itself for its sub-processes, which the driver pins
 // to their CPUs with taskset:
 //
@@ -58,6 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runLoad(ctx, args[1:], stdout, stderr)
 		case "waiting":
 			return runWaiting(ctx, args[1:], stdout, stderr)
+		case "shared":
+			return runShared(ctx, args[1:], stdout, stderr)
 		}
 	}
 	return runDriver(ctx, args, stdout, stderr)

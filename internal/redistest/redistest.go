@@ -54,10 +54,11 @@ type Server struct {
 	// same across Stop and Restart and must not be modified.
 	Addr string
 
-	bin  string
-	dir  string
-	port int
-	proc *process // nil while stopped
+	bin   string
+	dir   string
+	port  int
+	extra []string // more arguments, after the usual ones
+	proc  *process // nil while stopped
 }
 
 // Start starts redis-server on a free loopback port and waits until it accepts
@@ -68,14 +69,31 @@ type Server struct {
 // failure message holds the process's output.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
+	bin := lookPath(tb, "redis-server", "install redis-server (apt-get install redis-server) or run make test")
+	return start(tb, bin, tb.TempDir(), nil)
+}
+
+// lookPath returns the path of the binary name, or fails tb with how to
+// install it.
+func lookPath(tb testing.TB, name, install string) string {
+	tb.Helper()
+	bin, err := exec.LookPath(name)
 	if err != nil {
-		tb.Fatalf("redistest: redis-server not found on PATH (%v): install redis-server (apt-get install redis-server) or run make test", err)
+		tb.Fatalf("redistest: %s not found on PATH (%v): %s", name, err, install)
 	}
-	s := &Server{bin: bin, dir: tb.TempDir()}
+	return bin
+}
+
+// start starts the redis-server bin on a free loopback port, from dir, with
+// the arguments extra returns for that attempt added to the usual ones, and
+// registers its stop with tb's cleanups.
+func start(tb testing.TB, bin, dir string, extra func() ([]string, error)) *Server {
+	tb.Helper()
+	s := &Server{bin: bin, dir: dir}
 	// The cleanup is registered before the first launch, so a Fatalf below
 	// still stops whatever process is running. It runs before the TempDir
-	// cleanup registered above, so the directory is removed after the process.
+	// cleanup registered by the caller, so the directory is removed after
+	// the process.
 	tb.Cleanup(func() { s.Stop(tb) })
 
 	for attempt := 1; ; attempt++ {
@@ -85,6 +103,11 @@ func Start(tb testing.TB) *Server {
 		}
 		s.port = port
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if extra != nil {
+			if s.extra, err = extra(); err != nil {
+				tb.Fatalf("redistest: %v", err)
+			}
+		}
 		p, err := s.launch()
 		if err == nil {
 			s.proc = p
@@ -174,13 +197,14 @@ var errAddrInUse = errors.New("address already in use")
 // There is no --protected-mode flag: protected mode only refuses non-loopback
 // clients of a server without a password, and this one binds loopback only.
 func (s *Server) launch() (*process, error) {
-	cmd := exec.Command(s.bin,
+	args := append([]string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
 		"--dir", s.dir,
-	)
+	}, s.extra...)
+	cmd := exec.Command(s.bin, args...)
 	p, err := startProcess(cmd)
 	if err != nil {
 		return nil, err
