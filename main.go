@@ -288,12 +288,16 @@ func redisClient(r config.Redis) (redis.UniversalClient, error) {
 		return redis.NewClient(opt), nil
 	}
 	return redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:        r.Addrs,
-		MasterName:   r.MasterName,
-		Password:     r.Password.Reveal(),
-		DialTimeout:  r.DialTimeout,
-		ReadTimeout:  r.CommandTimeout,
-		WriteTimeout: r.CommandTimeout,
+		Addrs:      r.Addrs,
+		MasterName: r.MasterName,
+		// addrs without a master name are Cluster seeds, even just one (a
+		// managed Cluster's configuration endpoint); go-redis would take a
+		// single address for a standalone server.
+		IsClusterMode: r.MasterName == "",
+		Password:      r.Password.Reveal(),
+		DialTimeout:   r.DialTimeout,
+		ReadTimeout:   r.CommandTimeout,
+		WriteTimeout:  r.CommandTimeout,
 	}), nil
 }
 
