@@ -104,6 +104,27 @@ type Config struct {
 	// provider reports; cheap) or "tiktoken" (an offline BPE tokenizer;
 	// exact for OpenAI models, about ten times the CPU). Default "bytes".
 	TokenEstimator string `yaml:"token_estimator"`
+	// Idempotency configures how Idempotency-Key outcomes are kept.
+	Idempotency Idempotency `yaml:"idempotency"`
+}
+
+// Idempotency configures the keeping of Idempotency-Key outcomes: in Redis
+// in shared mode, in process otherwise.
+type Idempotency struct {
+	// Retention is how long a completed key's outcome is kept. Default
+	// 24h. Must be > 0.
+	Retention time.Duration `yaml:"retention"`
+	// LockTTL is how long a key stays taken after the replica sending its
+	// request stopped renewing it (crashed). Default 30s. Must be >= 1s.
+	LockTTL time.Duration `yaml:"lock_ttl"`
+	// MaxBodyBytes is the largest response kept; a larger one's key is
+	// remembered without it, and duplicates get 409. Default 1 MiB. Must
+	// be > 0.
+	MaxBodyBytes int `yaml:"max_body_bytes"`
+	// MaxKeys bounds the keys kept in process (single-replica mode); the
+	// least recently used completed ones go first. Default 100000. Must be
+	// > 0.
+	MaxKeys int `yaml:"max_keys"`
 }
 
 // Admin configures the admin listener: metrics, health, status page and the
@@ -390,6 +411,12 @@ func Default() *Config {
 		DeadLetter: DeadLetter{
 			Stream: defaultStream,
 			File:   defaultFile,
+		},
+		Idempotency: Idempotency{
+			Retention:    24 * time.Hour,
+			LockTTL:      30 * time.Second,
+			MaxBodyBytes: 1 << 20,
+			MaxKeys:      100000,
 		},
 	}
 }

@@ -156,6 +156,8 @@ func TestBadFixtures(t *testing.T) {
 		{"redis-expected-replicas-zero", "redis.expected_replicas: must be >= 1, got 0"},
 		{"redis-key-prefix-hash-tag", "redis.key_prefix: must not contain { or }"},
 		{"redis-lease-ttl-short", "redis.lease_ttl: must be >= 1s, got 100ms"},
+		{"idempotency-lock-ttl-short", "idempotency.lock_ttl: must be >= 1s, got 10ms"},
+		{"idempotency-max-body-negative", "idempotency.max_body_bytes: must be > 0, got -1"},
 	}
 	seen := map[string]bool{}
 	for _, tt := range tests {
@@ -238,6 +240,7 @@ func TestMinimalDefaults(t *testing.T) {
 		LogFormat:     "json",
 		Admin:         Admin{Listen: "127.0.0.1:9090"},
 		Redis:         Redis{DialTimeout: 200 * time.Millisecond, CommandTimeout: 50 * time.Millisecond, KeyPrefix: "sluice:", ExpectedReplicas: 1, LeaseTTL: 15 * time.Second},
+		Idempotency:   Idempotency{Retention: 24 * time.Hour, LockTTL: 30 * time.Second, MaxBodyBytes: 1 << 20, MaxKeys: 100000},
 		Classes: []Class{
 			{Name: "critical", MaxWait: 30 * time.Second, MaxQueue: 1000, Share: 1, Weight: 8, Headroom: fraction(0)},
 			{Name: "high", MaxWait: time.Minute, MaxQueue: 5000, Share: 1, Weight: 4, Headroom: fraction(0.2)},

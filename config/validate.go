@@ -75,6 +75,7 @@ func (c *Config) Validate() error {
 	c.validateClasses(&p)
 	c.validateProviders(&p)
 	c.DeadLetter.validate(&p)
+	c.Idempotency.validate(&p)
 	return errors.Join(p...)
 }
 
@@ -554,4 +555,17 @@ func caFileProblem(path string) string {
 		return fmt.Sprintf("%s holds no PEM certificate", path)
 	}
 	return ""
+}
+
+func (i *Idempotency) validate(p *problems) {
+	positive(p, "idempotency.retention", i.Retention)
+	if i.LockTTL < time.Second {
+		p.addf("idempotency.lock_ttl", "must be >= 1s, got %v", i.LockTTL)
+	}
+	if i.MaxBodyBytes <= 0 {
+		p.addf("idempotency.max_body_bytes", "must be > 0, got %d", i.MaxBodyBytes)
+	}
+	if i.MaxKeys <= 0 {
+		p.addf("idempotency.max_keys", "must be > 0, got %d", i.MaxKeys)
+	}
 }

@@ -50,6 +50,7 @@ type Metrics struct {
 	breakerState     *prometheus.GaugeVec
 	deadLetters      *prometheus.CounterVec
 	replays          *prometheus.CounterVec
+	idempotent       *prometheus.CounterVec
 	reg              prometheus.Registerer
 }
 
@@ -104,10 +105,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "sluice_deadletter_replays_total",
 			Help: "Dead letters replayed, by provider and outcome: delivered, failed (sent and failed again) or refused (nothing sent).",
 		}, []string{"provider", "outcome"}),
+		idempotent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_idempotent_replays_total",
+			Help: "Requests with an Idempotency-Key answered without an upstream call of their own, by provider and outcome: stored (a kept outcome), waited (the first request's, after it ran), in_flight (409, still running), mismatch (422, another body), not_kept (409, too large to have kept), unavailable (503, the store failed).",
+		}, []string{"provider", "outcome"}),
 		reg: reg,
 	}
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamRequests, m.upstreamDuration, m.queueWait, m.tokens,
-		m.retries, m.pauses, m.breakerState, m.deadLetters, m.replays)
+		m.retries, m.pauses, m.breakerState, m.deadLetters, m.replays, m.idempotent)
 	return m
 }
 
@@ -173,6 +178,7 @@ func (m *Metrics) Provider(name string, classes []string, inflight func() float6
 		name:             name,
 		retries:          m.retries,
 		deadLetters:      m.deadLetters,
+		idempotent:       m.idempotent,
 		pauses:           m.pauses.WithLabelValues(name),
 		breakerState:     m.breakerState.WithLabelValues(name),
 		tokensEstimated:  m.tokens.WithLabelValues(name, TokensEstimated),
@@ -201,6 +207,7 @@ type Provider struct {
 	name             string
 	retries          *prometheus.CounterVec
 	deadLetters      *prometheus.CounterVec
+	idempotent       *prometheus.CounterVec
 	pauses           prometheus.Counter
 	breakerState     prometheus.Gauge
 	upstreamDuration prometheus.Observer
@@ -228,6 +235,12 @@ func (p *Provider) Retry(reason string) {
 // DeadLettered counts a request recorded as a dead letter of kind.
 func (p *Provider) DeadLettered(kind string) {
 	p.deadLetters.WithLabelValues(p.name, kind).Inc()
+}
+
+// IdempotentReplay counts a keyed request answered without an upstream
+// call of its own (see sluice_idempotent_replays_total for the outcomes).
+func (p *Provider) IdempotentReplay(outcome string) {
+	p.idempotent.WithLabelValues(p.name, outcome).Inc()
 }
 
 // Paused counts a rate-limit pause of the provider.
