@@ -37,6 +37,7 @@ import (
 	"github.com/sluice-ai/sluice/admin"
 	"github.com/sluice-ai/sluice/config"
 	"github.com/sluice-ai/sluice/deadletter"
+	"github.com/sluice-ai/sluice/idempotency"
 	"github.com/sluice-ai/sluice/limiter"
 	"github.com/sluice-ai/sluice/metrics"
 	"github.com/sluice-ai/sluice/proxy"
@@ -148,6 +149,12 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 		}
 		ps.Limiter, ps.OnBreakerOpen = shared.limiter, shared.announce
 	}
+	idem := idempotencyStore(cfg, rc)
+	ps.Idempotency, ps.IdempotencyMaxBody = idem, cfg.Idempotency.MaxBodyBytes
+	idemCtx, stopIdem := context.WithCancel(context.Background())
+	idemDone := make(chan struct{})
+	go func() { defer close(idemDone); idem.Run(idemCtx) }() // renews the keys this replica holds
+	defer func() { stopIdem(); <-idemDone }()
 	dl, err := openDeadLetters(cfg, rc, log)
 	if err != nil {
 		return err
@@ -271,6 +278,21 @@ func (dl *deadLetters) close(log *slog.Logger) {
 	if err := dl.file.Close(); err != nil {
 		log.Warn("closing the dead-letter file", slog.String("error", err.Error()))
 	}
+}
+
+// idempotencyStore keeps Idempotency-Key outcomes in Redis in shared mode
+// (rc not nil), in process otherwise.
+func idempotencyStore(cfg *config.Config, rc redis.UniversalClient) idempotency.Store {
+	s := idempotency.Settings{
+		Retention: cfg.Idempotency.Retention,
+		LockTTL:   cfg.Idempotency.LockTTL,
+		MaxBody:   cfg.Idempotency.MaxBodyBytes,
+		MaxKeys:   cfg.Idempotency.MaxKeys,
+	}
+	if rc == nil {
+		return idempotency.NewMemory(s)
+	}
+	return idempotency.NewRedis(rc, cfg.Redis.KeyPrefix, s, cfg.Redis.CommandTimeout)
 }
 
 // redisClient builds the one client shared mode uses: standalone from a

@@ -25,6 +25,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-ai/sluice/deadletter"
+	"github.com/sluice-ai/sluice/idempotency"
 	"github.com/sluice-ai/sluice/limiter"
 	"github.com/sluice-ai/sluice/metrics"
 	"github.com/sluice-ai/sluice/scheduler"
@@ -176,6 +177,12 @@ type Settings struct {
 	// Limiter keeps the quotas. Nil: a [limiter.Local], for one replica;
 	// shared mode passes a [limiter.Shared].
 	Limiter Limiter
+	// Idempotency keeps Idempotency-Key outcomes. Nil: the header is
+	// passed upstream and not acted on.
+	Idempotency idempotency.Store
+	// IdempotencyMaxBody is the largest streamed body captured for a key;
+	// the store keeps none larger. Zero: 1 MiB.
+	IdempotencyMaxBody int
 	// OnBreakerOpen, if set, is told when a provider's breaker opens and
 	// until when, so that other replicas can hold theirs open too (see
 	// [Proxy.HoldBreakerOpen]). It runs on a goroutine of the proxy's own,
@@ -219,6 +226,8 @@ type Proxy struct {
 	estimator   *tokens.Estimator
 	deadLetters DeadLetters
 	redactor    *deadletter.Redactor
+	idem        idempotency.Store
+	idemMax     int // largest streamed body captured for a key
 	exchanges   sync.Pool // *exchange
 
 	dispatchers struct {
@@ -302,6 +311,8 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 		lim:         s.Limiter,
 		estimator:   est,
 		deadLetters: s.DeadLetters,
+		idem:        s.Idempotency,
+		idemMax:     orDefault(s.IdempotencyMaxBody, 1<<20),
 		redactor:    deadletter.NewRedactor(s.RedactHeaders),
 	}
 	if p.lim == nil {
@@ -532,10 +543,23 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 	x := p.exchanges.Get().(*exchange)
 	p.active.Add(1)
 	x.reset(p, up, class, start)
+	var h hold
+	if key := ctx.Request.Header.PeekBytes(hdrIdempotencyKey); len(key) > 0 && p.idem != nil {
+		var ok bool
+		if h, ok = p.claim(ctx, x, key, start.Add(p.classes[class].MaxWait)); !ok {
+			x.release()
+			up.metrics.Request(class, ctx.Response.StatusCode(), time.Since(start))
+			return
+		}
+		x.idem = h
+	}
 	if p.admit(ctx, x, path, start) {
 		p.forward(ctx, x, path)
 	} else {
 		x.release()
+	}
+	if h.token != "" && !ctx.Response.IsBodyStream() {
+		p.settleBuffered(ctx, up, h) // a stream's relay settles it at its end
 	}
 	up.metrics.Request(class, ctx.Response.StatusCode(), time.Since(start))
 }

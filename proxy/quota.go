@@ -180,6 +180,7 @@ type exchange struct {
 	received time.Time      // when the request arrived
 	body     []byte         // the body to forward when Sluice changed it; nil: the client's
 	bodyBuf  []byte         // reused backing store of body
+	idem     hold           // the request's claim on its Idempotency-Key
 }
 
 func (x *exchange) reset(p *Proxy, up *upstream, class int, received time.Time) {
@@ -188,6 +189,7 @@ func (x *exchange) reset(p *Proxy, up *upstream, class int, received time.Time) 
 	x.parsed, x.est = false, tokens.Request{}
 	x.track, x.strip, x.body = false, false, nil
 	x.attempts, x.waited = 0, 0
+	x.idem = hold{}
 	// The ticket keeps its channel and timer for reuse; admit sets the rest.
 	x.ticket.Probe = nil
 }

@@ -30,6 +30,8 @@ type relay struct {
 	status   int
 	chunked  bool  // the upstream body is chunked: only a last chunk ends it
 	cut      error // the upstream read error that broke the stream off, if any
+	idem     hold  // the request's Idempotency-Key claim; its outcome is captured
+	captured []byte
 
 	sse  tokens.Stream
 	buf  []byte // strip mode: what was read from upstream
@@ -51,6 +53,7 @@ func newRelay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, se
 	r.deadline = sent.Add(x.up.totalTimeout)
 	r.status = resp.StatusCode()
 	r.chunked = resp.Header.ContentLength() == -1
+	r.idem = x.idem
 	if x.track {
 		r.sse.Reset(x.strip)
 		if x.strip && r.buf == nil {
@@ -64,6 +67,16 @@ func newRelay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, se
 // connection's deadline moves to the idle timeout from now, capped by the
 // total deadline, so a stream may run long but may not stall.
 func (r *relay) Read(p []byte) (int, error) {
+	n, err := r.next(p)
+	if r.idem.token != "" && n > 0 && len(r.captured) <= r.x.p.idemMax {
+		r.captured = append(r.captured, p[:n]...) // past the limit the store keeps none of it
+	}
+	return n, err
+}
+
+// next reads what the client is to get next: the upstream body, without
+// the usage chunk in strip mode.
+func (r *relay) next(p []byte) (int, error) {
 	if !r.x.strip {
 		n, err := r.read(p)
 		if r.x.track && n > 0 {
@@ -123,6 +136,9 @@ func (r *relay) CloseWithError(writeErr error) error {
 	if r.cut != nil {
 		x.p.streamCut(r.ctx, x, r.status, r.cut)
 	}
+	if r.idem.token != "" {
+		x.p.settleStream(r.ctx, x.up, r.idem, r.status, r.captured, r.cut != nil, writeErr != nil)
+	}
 	x.up.inflight.Add(-1)
 	if x.track {
 		u, ok := r.sse.Usage()
@@ -132,7 +148,7 @@ func (r *relay) CloseWithError(writeErr error) error {
 	}
 	fasthttp.ReleaseResponse(r.resp)
 	buf, out, sse := r.buf, r.out[:0], r.sse
-	*r = relay{buf: buf, out: out, sse: sse} // keep buffers for the next stream
+	*r = relay{buf: buf, out: out, sse: sse} // keep buffers for the next stream; captured went to the store
 	relayPool.Put(r)
 	return nil
 }
