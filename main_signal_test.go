@@ -206,8 +206,33 @@ func TestReplicaKilledLeasesReturn(t *testing.T) {
 		up.Default(ctx)
 	})
 	cfg := sharedConfig(up.URL, redis.URL(), "    limits: {max_concurrency: 1}\n", "")
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, []byte(cfg+"deadletter:\n  file: "+filepath.Join(t.TempDir(), "dl.jsonl")+"\n"), 0o600); err != nil {
+	cmd, addr := startProcess(t, cfg)
+	go http.Post("http://"+addr+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"m","messages":[]}`))
+	for arrived.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	kill(t, cmd)
+
+	other := mustRun(t, cfg)
+	start := time.Now()
+	code, waited := send(t, other.URL, nil)
+	if code != 200 {
+		t.Fatalf("the other replica's request: %d, want 200 once the dead replica's lease expired", code)
+	}
+	// lease_ttl is 1s: the slot was taken until then, and not much longer.
+	if took := time.Since(start); waited < 200*time.Millisecond || took > 5*time.Second {
+		t.Errorf("waited %v in the queue (%v in all); want the rest of the dead replica's 1s lease", waited, took)
+	}
+}
+
+// startProcess runs this test binary as a Sluice serving cfg, in a process
+// of its own, and returns it with its proxy address once it serves. The
+// process is killed at the end of the test if it still runs.
+func startProcess(t *testing.T, cfg string) (*exec.Cmd, string) {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(path, []byte(cfg+"deadletter:\n  file: "+filepath.Join(dir, "dl.jsonl")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "serve", "-config", path)
@@ -236,27 +261,59 @@ func TestReplicaKilledLeasesReturn(t *testing.T) {
 	if addr == "" {
 		t.Fatal("the replica exited before serving")
 	}
-	go func() {
+	go func() { // keep the pipe drained until the process exits
 		for logs.Scan() {
 		}
 	}()
-	go http.Post("http://"+addr+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"m","messages":[]}`))
-	for arrived.Load() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	return cmd, addr
+}
+
+// kill ends a process as a crash does: SIGKILL, no drain.
+func kill(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	cmd.Wait()
+}
+
+// TestIdempotencyKeyHolderKilled: a replica killed while it sends a keyed
+// request leaves the key taken only until its lock expires; a duplicate
+// at another replica waits for that and is then sent.
+func TestIdempotencyKeyHolderKilled(t *testing.T) {
+	redis := redistest.Start(t)
+	release := make(chan struct{})
+	var arrived atomic.Int64
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	t.Cleanup(func() { close(release) }) // before the upstream closes: its handler waits on it
+	up.Handle(func(ctx *fasthttp.RequestCtx) {
+		if arrived.Add(1) == 1 {
+			<-release // the killed replica's request never ends
+		}
+		up.Default(ctx)
+	})
+	cfg := sharedConfig(up.URL, redis.URL(), "", "idempotency:\n  lock_ttl: 1s\n")
+	cmd, addr := startProcess(t, cfg)
+	key := map[string]string{"Idempotency-Key": "order-7"}
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Idempotency-Key", "order-7")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	for arrived.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	kill(t, cmd)
 
 	other := mustRun(t, cfg)
 	start := time.Now()
-	code, waited := send(t, other.URL, nil)
-	if code != 200 {
-		t.Fatalf("the other replica's request: %d, want 200 once the dead replica's lease expired", code)
+	code, _ := send(t, other.URL, key)
+	if code != 200 || arrived.Load() != 2 {
+		t.Fatalf("the duplicate at another replica: %d after %d upstream arrivals; want 200, sent once the dead holder's lock expired", code, arrived.Load())
 	}
-	// lease_ttl is 1s: the slot was taken until then, and not much longer.
-	if took := time.Since(start); waited < 200*time.Millisecond || took > 5*time.Second {
-		t.Errorf("waited %v in the queue (%v in all); want the rest of the dead replica's 1s lease", waited, took)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the duplicate took %v; the lock expires after 1s", took)
 	}
 }

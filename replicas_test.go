@@ -307,3 +307,38 @@ func TestReplicasSurviveRedisOutage(t *testing.T) {
 		t.Errorf("no quota keys in Redis after the re-sync (%v): shared limiting did not resume", err)
 	}
 }
+
+// TestReplicasShareIdempotencyKeys: the same key sent to two replicas at
+// once reaches the upstream once, and both callers get the same answer.
+func TestReplicasShareIdempotencyKeys(t *testing.T) {
+	redis := redistest.Start(t)
+	up := newArrivals(t, 100*time.Millisecond)
+	cfg := sharedConfig(up.up.URL, redis.URL(), "", "")
+	a, b := mustRun(t, cfg), mustRun(t, cfg)
+	bodies := make(chan string, 2)
+	for _, s := range []*sluice{a, b} {
+		go func() {
+			req, _ := http.NewRequest(http.MethodPost, s.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
+			req.Header.Set("Idempotency-Key", "order-42")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				bodies <- ""
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Errorf("status %d", resp.StatusCode)
+			}
+			bodies <- string(body)
+		}()
+	}
+	first, second := <-bodies, <-bodies
+	if first != second || first == "" {
+		t.Errorf("the two callers got different answers:\n%s\n%s", first, second)
+	}
+	if n := len(up.all()); n != 1 {
+		t.Errorf("the upstream saw %d requests for one key, want 1", n)
+	}
+}

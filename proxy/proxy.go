@@ -227,7 +227,7 @@ type Proxy struct {
 	deadLetters DeadLetters
 	redactor    *deadletter.Redactor
 	idem        idempotency.Store
-	idemMax     int // largest streamed body captured for a key
+	idemMax     int       // largest streamed body captured for a key
 	exchanges   sync.Pool // *exchange
 
 	dispatchers struct {
