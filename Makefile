@@ -37,12 +37,14 @@ fuzz:
 	done
 
 # Go micro-benchmarks of the hot path, the load benchmark (rewrites the
-# generated part of docs/benchmarks.md), and the memory a waiting request
-# holds (printed; docs/benchmarks.md keeps the last result by hand).
+# generated part of docs/benchmarks.md), the memory a waiting request holds
+# and shared mode against single-replica mode (both printed;
+# docs/benchmarks.md keeps the last results by hand).
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./proxy/ ./scheduler/ ./limiter/ ./tokens/ ./breaker/ ./retry/
 	$(GO) run ./bench -rounds 3 -out docs/benchmarks.md
 	$(GO) run ./bench waiting -n 10000
+	$(GO) run ./bench shared -rounds 3
 
 clean:
 	rm -f sluice

@@ -207,7 +207,7 @@ func (rep *report) method(b *strings.Builder) {
 		"or %d SSE chunks %v apart.\n", streamChunks, streamChunkDelay)
 	fmt.Fprintf(b, "- nginx: one worker, HTTP/1.1 with 64 keep-alive connections to the upstream, "+
 		"buffering off both ways, no access log (`bench/nginx.conf.tmpl`).\n")
-	fmt.Fprintf(b, "- Sluice: one default provider with every quota configured (requests, tokens, concurrency) far above the load, so each request is parsed, estimated, admitted and reconciled but none waits; log level warn.\n")
+	fmt.Fprintf(b, "- Sluice: one default provider with every quota configured (requests, tokens, concurrency) far above the load, so each request is parsed, estimated, admitted and reconciled but none waits; the default classes without headroom (the fake upstream reports far lower limits, which Sluice's buckets follow); log level warn.\n")
 	fmt.Fprintf(b, "- Max throughput: closed loop, each connection sends its next request when the previous response ends. "+
 		"CPU per request: the proxy's user + system time from `/proc/PID/stat` (nginx: master and worker) "+
 		"over the same window as the responses counted, divided by them; clock ticks of 1/%d s.\n", rep.clkTck)
