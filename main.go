@@ -116,7 +116,7 @@ func loadConfig(cmd string, args []string, stderr io.Writer) (*config.Config, er
 
 func mode(cfg *config.Config) string {
 	if cfg.SharedMode() {
-		return "shared (redis)"
+		return "shared"
 	}
 	return "single-replica"
 }
@@ -171,7 +171,7 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 	adm, err := admin.New(admin.Settings{
 		Listen: cfg.Admin.Listen,
 		Token:  cfg.Admin.Token.Reveal(),
-		Status: func() any { return map[string]any{"providers": px.Status()} },
+		Status: func() any { return statusOf(cfg, px, shared) },
 	}, reg, log)
 	if err != nil {
 		return err
@@ -436,4 +436,20 @@ func upstreamTLS(t config.ProviderTLS) (*tls.Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// statusOf is the admin status document: the mode, in shared mode this
+// replica and whether Redis answers, and every provider's state.
+func statusOf(cfg *config.Config, px *proxy.Proxy, shared *sharedMode) any {
+	doc := struct {
+		Mode      string                 `json:"mode"`
+		Replica   string                 `json:"replica,omitempty"`
+		RedisUp   *bool                  `json:"redis_up,omitempty"`
+		Providers []proxy.ProviderStatus `json:"providers"`
+	}{Mode: mode(cfg), Providers: px.Status()}
+	if shared != nil {
+		up := shared.limiter.Up()
+		doc.Replica, doc.RedisUp = shared.replica, &up
+	}
+	return doc
 }

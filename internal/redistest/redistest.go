@@ -1,9 +1,10 @@
 // Package redistest starts real redis-server processes for tests. Each [Server]
 // belongs to the test that started it: it listens on its own loopback port, keeps
 // nothing on disk, and is stopped by PID and waited for in the test's cleanup, so
-// tests never share keys and never leave a process behind. A missing redis-server
-// binary fails the test: a skipped Redis test would hide the behaviour it exists
-// to prove.
+// tests never share keys and never leave a process behind. [StartCluster] starts
+// three of them as a Redis Cluster, on the same terms. A missing redis-server
+// (or, for a cluster, redis-cli) binary fails the test: a skipped Redis test
+// would hide the behaviour it exists to prove.
 package redistest
 
 import (
