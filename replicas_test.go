@@ -65,10 +65,13 @@ func maxInWindow(ts []time.Time, w time.Duration) int {
 	return most
 }
 
-// sharedConfig is testConfig in shared mode on redisURL, with provider
-// keys (indented for the provider) and top-level keys added.
+// sharedConfig is testConfig in shared mode on redisURL for three
+// replicas, with provider keys (indented for the provider) and top-level
+// keys added. Redis calls get a second: these tests are about sharing, and
+// a loaded test machine must not push them into the degraded mode.
 func sharedConfig(upstreamURL, redisURL, providerKeys, topKeys string) string {
-	return testConfig(upstreamURL) + providerKeys + "redis:\n  url: " + redisURL + "\n  command_timeout: 200ms\n  lease_ttl: 1s\n" + topKeys
+	return testConfig(upstreamURL) + providerKeys + "redis:\n  url: " + redisURL +
+		"\n  command_timeout: 1s\n  lease_ttl: 1s\n  expected_replicas: 3\n" + topKeys
 }
 
 // send posts one chat request with the given headers and returns its

@@ -274,7 +274,7 @@ func (s *Shared) Reserve(ctx context.Context, buckets []*Bucket, c Cost, a Ask) 
 	switch res[0] {
 	case 0:
 		d.OK, d.Bucket = true, -1
-		s.local.hold(buckets)
+		s.local.hold(buckets, c)
 	case 2:
 		d.Busy = true
 		d.Wait = max(d.Wait, busyRecheck)
@@ -300,12 +300,22 @@ func headroom(h float64) float64 {
 // another replica's release does not wake it.
 const busyRecheck = 20 * time.Millisecond
 
-// hold counts a request admitted through Redis on the twins too, so that
-// the twins always know this replica's requests in flight.
-func (l *Local) hold(buckets []*Bucket) {
+// hold charges a request admitted through Redis to the twins too, as an
+// arrival now, and counts it in flight there. The twins then always know
+// this replica's own recent use: when Redis goes away, a replica that was
+// sending fast starts its degraded share in debt rather than with a fresh
+// burst on top of what it just sent.
+func (l *Local) hold(buckets []*Bucket, c Cost) {
+	cost := [dimensions]int64{max(c.Requests, 0), max(c.Tokens, 0)}
+	t := l.nanos(time.Now())
 	l.mu.Lock()
 	for _, b := range buckets {
 		l.own(b)
+		for d := range b.dims {
+			if m := &b.dims[d]; m.interval > 0 && cost[d] > 0 {
+				m.tat = min(max(m.tat, t)+charge(cost[d], m.interval), maxTAT)
+			}
+		}
 		b.inflight++
 	}
 	l.mu.Unlock()
@@ -316,11 +326,11 @@ func (l *Local) hold(buckets []*Bucket) {
 func (s *Shared) ttl() time.Duration { return 10*time.Minute + s.lease }
 
 // Adjust corrects what was charged on every one of buckets (see
-// [Local.AdjustAt]). While Redis is reachable the correction is sent with
-// the next settle; otherwise it applies to the twins.
+// [Local.AdjustAt]): on the twins at once, and in Redis with the next
+// settle while it is reachable.
 func (s *Shared) Adjust(_ context.Context, buckets []*Bucket, delta Cost) error {
+	s.local.AdjustAt(time.Now(), buckets, delta) // the twins follow this replica's use either way
 	if !s.up.Load() {
-		s.local.AdjustAt(time.Now(), buckets, delta)
 		return nil
 	}
 	s.mu.Lock()
