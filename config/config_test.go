@@ -157,6 +157,7 @@ func TestBadFixtures(t *testing.T) {
 		{"redis-key-prefix-hash-tag", "redis.key_prefix: must not contain { or }"},
 		{"redis-lease-ttl-short", "redis.lease_ttl: must be >= 1s, got 100ms"},
 		{"idempotency-lock-ttl-short", "idempotency.lock_ttl: must be >= 1s, got 10ms"},
+		{"redis-cluster-stream-without-tag", "deadletter.stream: on a Redis Cluster (redis.addrs without master_name) must carry a hash tag"},
 		{"idempotency-max-body-negative", "idempotency.max_body_bytes: must be > 0, got -1"},
 	}
 	seen := map[string]bool{}

@@ -75,6 +75,10 @@ func (c *Config) Validate() error {
 	c.validateClasses(&p)
 	c.validateProviders(&p)
 	c.DeadLetter.validate(&p)
+	if len(c.Redis.Addrs) > 0 && c.Redis.MasterName == "" && !hasHashTag(c.DeadLetter.Stream) {
+		// The stream and its companion keys go into one script call.
+		p.addf("deadletter.stream", "on a Redis Cluster (redis.addrs without master_name) must carry a hash tag, such as {sluice}:deadletters, got %q", c.DeadLetter.Stream)
+	}
 	c.Idempotency.validate(&p)
 	return errors.Join(p...)
 }
@@ -568,4 +572,11 @@ func (i *Idempotency) validate(p *problems) {
 	if i.MaxKeys <= 0 {
 		p.addf("idempotency.max_keys", "must be > 0, got %d", i.MaxKeys)
 	}
+}
+
+// hasHashTag reports whether a Redis key has a non-empty {...} hash tag,
+// which Redis Cluster hashes instead of the whole key.
+func hasHashTag(key string) bool {
+	open := strings.IndexByte(key, '{')
+	return open >= 0 && strings.IndexByte(key[open+1:], '}') > 0
 }
