@@ -9,15 +9,15 @@ all: build
 build:
 	$(GO) build -o sluice .
 
-# Tests need a real redis-server; install it when missing (as root, from
-# Debian's packages), or say how to.
+# Tests need a real redis-server (and redis-cli, to form a test Cluster);
+# install them when missing (as root, from Debian's packages), or say how to.
 test-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing redis-server"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	    echo "installing redis-server and redis-tools"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
 	  else \
-	    echo "redis-server is missing: install it (e.g. apt-get install redis-server) and re-run make test" >&2; exit 1; \
+	    echo "redis-server or redis-cli is missing: install them (e.g. apt-get install redis-server redis-tools) and re-run make test" >&2; exit 1; \
 	  fi; }
 
 vet:
