@@ -9,15 +9,21 @@ all: build
 build:
 	$(GO) build -o sluice .
 
-# Tests need a real redis-server (and redis-cli, to form a test Cluster);
-# install them when missing (as root, from Debian's packages), or say how to.
+# Tests need real programs: redis-server (and redis-cli, to form a test
+# Cluster), headless Chromium for the status page, and promtool for the
+# alert rules. Install what is missing (as root, from Debian's packages), or
+# say how to.
+TEST_PROGRAMS = redis-server:redis-server redis-cli:redis-tools chromium:chromium promtool:prometheus
 test-deps:
-	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { \
+	@missing=""; for p in $(TEST_PROGRAMS); do \
+	  command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; \
+	done; \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing redis-server and redis-tools"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	    echo "installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "redis-server or redis-cli is missing: install them (e.g. apt-get install redis-server redis-tools) and re-run make test" >&2; exit 1; \
+	    echo "missing Debian packages:$$missing; install them (apt-get install$$missing) and re-run make test" >&2; exit 1; \
 	  fi; }
 
 vet:
