@@ -317,9 +317,11 @@ func redisClient(r config.Redis) (redis.UniversalClient, error) {
 		// single address for a standalone server.
 		IsClusterMode: r.MasterName == "",
 		Password:      r.Password.Reveal(),
-		DialTimeout:   r.DialTimeout,
-		ReadTimeout:   r.CommandTimeout,
-		WriteTimeout:  r.CommandTimeout,
+		// The config's one password authenticates to the sentinels too.
+		SentinelPassword: r.Password.Reveal(),
+		DialTimeout:      r.DialTimeout,
+		ReadTimeout:      r.CommandTimeout,
+		WriteTimeout:     r.CommandTimeout,
 	}), nil
 }
 
