@@ -1,10 +1,12 @@
 // Package admin serves Sluice's control plane on its own listener: health
-// and readiness probes, Prometheus metrics, and the /admin/ API.
+// and readiness probes, Prometheus metrics, the /admin/ API and the status
+// page at / that reads it.
 //
-// Health and metrics are open, as probes and scrapers expect; everything
-// under /admin/ requires the bearer token when one is configured. Without a
-// token the listener refuses any address that is not loopback, so an
-// unauthenticated admin API is never reachable from the network.
+// Health, metrics and the status page (which holds no data of its own) are
+// open, as probes and scrapers expect; everything under /admin/ requires
+// the bearer token when one is configured. Without a token the listener
+// refuses any address that is not loopback, so an unauthenticated admin API
+// is never reachable from the network.
 package admin
 
 import (
@@ -36,6 +38,10 @@ type Settings struct {
 	Status func() any
 }
 
+// timeHeader carries the server's clock on GET /admin/status, RFC 3339
+// with nanoseconds.
+const timeHeader = "X-Sluice-Time"
+
 // Server is the admin HTTP server. Create it with [New]. It is not ready
 // until [Server.SetReady] is called with true.
 type Server struct {
@@ -61,6 +67,7 @@ func New(s Settings, g prometheus.Gatherer, log *slog.Logger) (*Server, error) {
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
 	}))
 	srv.Handle("GET /admin/status", http.HandlerFunc(srv.statusJSON))
+	srv.handleUI()
 	srv.http = &http.Server{
 		Handler:           srv.mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -106,6 +113,10 @@ func (s *Server) statusJSON(w http.ResponseWriter, _ *http.Request) {
 		v = s.status()
 	}
 	w.Header().Set("Content-Type", "application/json")
+	// The status page counts down to the document's absolute times
+	// (paused_until, breaker_open_until) on the server's clock, which
+	// need not be the browser's.
+	w.Header().Set(timeHeader, time.Now().UTC().Format(time.RFC3339Nano))
 	if err := json.NewEncoder(w).Encode(v); err != nil {
 		s.log.Debug("writing status", slog.String("error", err.Error()))
 	}
