@@ -31,6 +31,7 @@ vet:
 
 test: test-deps vet
 	$(GO) test -race -count=1 -timeout 5m ./...
+	cd deploy/validate && $(GO) test -count=1 -timeout 5m ./...
 
 # Short fuzzing of every parser; FUZZTIME=5m for a longer run.
 FUZZTIME ?= 30s
