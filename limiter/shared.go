@@ -121,7 +121,9 @@ type remote struct {
 
 // tagState groups the buckets settled in one call.
 type tagState struct {
-	buckets []*Bucket
+	buckets  []*Bucket
+	settled  time.Time // when its changes were last sent; guarded by Shared.mu
+	reserved time.Time // when a reservation last went to Redis; guarded by Shared.mu
 }
 
 // NewShared returns a limiter over s.Client. Run its background work with
@@ -261,7 +263,7 @@ func (s *Shared) Reserve(ctx context.Context, buckets []*Bucket, c Cost, a Ask) 
 		args = append(args, r.iv[requests], r.tol[requests], r.iv[tokens], r.tol[tokens], r.conc)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	res, err := reserveScript.Run(ctx, s.c, keys, args...).Int64Slice()
+	res, err := s.reserve(ctx, s.remoteOf(buckets[0]).tag, keys, args)
 	cancel()
 	if err != nil || len(res) != 5 {
 		s.down(fmt.Errorf("reserving on %s: %w", keys[0], err))
@@ -294,6 +296,36 @@ func headroom(h float64) float64 {
 		return 0.999999999
 	}
 	return h
+}
+
+// reserve runs reserve.lua; when tag's batched changes are due it sends
+// settle.lua ahead of it in the same pipeline, so that steady traffic
+// costs one round trip per request and no settle calls of its own.
+func (s *Shared) reserve(ctx context.Context, tag string, keys []string, args []any) ([]int64, error) {
+	c, ok := s.dueSettle(tag, time.Now(), true)
+	if !ok {
+		return reserveScript.Run(ctx, s.c, keys, args...).Int64Slice()
+	}
+	pipe := s.c.Pipeline()
+	settled := settleScript.EvalSha(ctx, pipe, c.keys, c.args...)
+	reserved := reserveScript.EvalSha(ctx, pipe, keys, args...)
+	_, _ = pipe.Exec(ctx)
+	// A script Redis does not have cached (never run there, or a restart
+	// emptied the cache) answers NOSCRIPT and did nothing: run that one
+	// again the slow way, which loads it. The other one ran.
+	err := settled.Err()
+	if redis.HasErrorPrefix(err, "NOSCRIPT") {
+		err = settleScript.Run(ctx, s.c, c.keys, c.args...).Err()
+	}
+	if err != nil {
+		// The changes are lost the conservative way (see settle); the
+		// reservation may still have been decided.
+		s.down(fmt.Errorf("settling %s: %w", c.keys[0], err))
+	}
+	if redis.HasErrorPrefix(reserved.Err(), "NOSCRIPT") {
+		return reserveScript.Run(ctx, s.c, keys, args...).Int64Slice()
+	}
+	return reserved.Int64Slice()
 }
 
 // busyRecheck is how soon a replica asks again for a concurrency slot:
@@ -510,8 +542,10 @@ func (s *Shared) Run(ctx context.Context) {
 			}
 			return
 		case <-settle.C:
+			// Tags with traffic have had their changes carried by
+			// reservations; this sends the rest.
 			if s.up.Load() {
-				s.settle(false, false)
+				s.settleDue()
 			}
 		case <-renew.C:
 			if s.up.Load() {
@@ -551,36 +585,11 @@ func (s *Shared) recover() {
 // call are lost, the conservative way (refunds not given back, overages
 // not charged; a missed release is cured by the next resync).
 func (s *Shared) settle(renew, resync bool) bool {
-	type call struct {
-		keys []string
-		args []any
-	}
-	var calls []call
+	var calls []settleCall
 	s.mu.Lock()
+	now := time.Now()
 	for _, ts := range s.tags {
-		var c call
-		var counts []any
-		for _, b := range ts.buckets {
-			r := s.buckets[b]
-			if !r.dirty && !renew {
-				continue
-			}
-			c.keys = append(c.keys, r.key)
-			c.args = append(c.args, r.iv[requests], r.tol[requests], r.iv[tokens], r.tol[tokens],
-				r.delta[requests], r.delta[tokens], r.released, r.left[requests], r.left[tokens])
-			set := int64(-1)
-			if resync && r.conc > 0 {
-				set = s.local.inflightOf(b)
-			}
-			counts = append(counts, set)
-			r.delta, r.released, r.left, r.dirty = [dimensions]int64{}, 0, [dimensions]int64{-1, -1}, false
-		}
-		if len(c.keys) > 0 {
-			flag := 0
-			if resync {
-				flag = 1
-			}
-			c.args = append(append([]any{s.replica, s.lease.Milliseconds(), s.ttl().Milliseconds(), flag}, c.args...), counts...)
+		if c, ok := s.settleCallLocked(ts, now, renew, resync); ok {
 			calls = append(calls, c)
 		}
 	}
@@ -595,6 +604,93 @@ func (s *Shared) settle(renew, resync bool) bool {
 		}
 	}
 	return true
+}
+
+// settleCall is one settle.lua call: the pending changes of one tag.
+type settleCall struct {
+	keys []string
+	args []any
+}
+
+// settleCallLocked takes the pending changes of ts (every bucket when
+// renew is set) into a call and clears them; ok is false when there is
+// nothing to send. Requires s.mu.
+func (s *Shared) settleCallLocked(ts *tagState, now time.Time, renew, resync bool) (c settleCall, ok bool) {
+	var counts []any
+	for _, b := range ts.buckets {
+		r := s.buckets[b]
+		if !r.dirty && !renew {
+			continue
+		}
+		c.keys = append(c.keys, r.key)
+		c.args = append(c.args, r.iv[requests], r.tol[requests], r.iv[tokens], r.tol[tokens],
+			r.delta[requests], r.delta[tokens], r.released, r.left[requests], r.left[tokens])
+		set := int64(-1)
+		if resync && r.conc > 0 {
+			set = s.local.inflightOf(b)
+		}
+		counts = append(counts, set)
+		r.delta, r.released, r.left, r.dirty = [dimensions]int64{}, 0, [dimensions]int64{-1, -1}, false
+	}
+	if len(c.keys) == 0 {
+		return c, false
+	}
+	flag := 0
+	if resync {
+		flag = 1
+	}
+	c.args = append(append([]any{s.replica, s.lease.Milliseconds(), s.ttl().Milliseconds(), flag}, c.args...), counts...)
+	ts.settled = now
+	return c, true
+}
+
+// dueSettle takes the pending changes of tag when they have waited
+// SettleEvery, so that a reservation can carry them in its round trip.
+//
+// A reservation (reserving) marks the tag busy; the timer (not reserving)
+// leaves a busy tag to the reservations, so that steady traffic sends no
+// settle calls of its own.
+func (s *Shared) dueSettle(tag string, now time.Time, reserving bool) (settleCall, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ts := s.tags[tag]
+	if ts == nil {
+		return settleCall{}, false
+	}
+	if reserving {
+		ts.reserved = now
+	} else if now.Sub(ts.reserved) < s.every {
+		return settleCall{}, false
+	}
+	if now.Sub(ts.settled) < s.every {
+		return settleCall{}, false
+	}
+	return s.settleCallLocked(ts, now, false, false)
+}
+
+// settleDue sends the pending changes of every tag that has been neither
+// settled nor reserved on for SettleEvery.
+func (s *Shared) settleDue() {
+	now := time.Now()
+	s.mu.Lock()
+	tags := make([]string, 0, len(s.tags))
+	for tag := range s.tags {
+		tags = append(tags, tag)
+	}
+	s.mu.Unlock()
+	for _, tag := range tags {
+		c, ok := s.dueSettle(tag, now, false)
+		if !ok {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		err := settleScript.Run(ctx, s.c, c.keys, c.args...).Err()
+		cancel()
+		if err != nil {
+			s.down(fmt.Errorf("settling %s: %w", c.keys[0], err))
+			return
+		}
+	}
 }
 
 // inflightOf returns b's count of requests in flight.

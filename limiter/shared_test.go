@@ -321,3 +321,90 @@ func BenchmarkSharedReserve(b *testing.B) {
 		}
 	}
 }
+
+// roundTrips counts the network round trips a client makes for its
+// callers: one per command sent alone, one per pipeline; not the
+// handshake of a new connection (HELLO, CLIENT SETINFO).
+type roundTrips struct {
+	n    atomic.Int64
+	mu   sync.Mutex
+	seen []string
+}
+
+func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if handshake(cmd) {
+			return next(ctx, cmd)
+		}
+		h.n.Add(1)
+		h.mu.Lock()
+		h.seen = append(h.seen, cmd.Name())
+		h.mu.Unlock()
+		return next(ctx, cmd)
+	}
+}
+func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if handshake(cmds...) {
+			return next(ctx, cmds)
+		}
+		h.n.Add(1)
+		h.mu.Lock()
+		h.seen = append(h.seen, fmt.Sprintf("pipeline(%d)", len(cmds)))
+		h.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+// handshake reports whether cmds are a new connection's HELLO and CLIENT
+// SETINFO, which go-redis runs through the hooks too.
+func handshake(cmds ...redis.Cmder) bool {
+	for _, c := range cmds {
+		if n := c.Name(); n != "hello" && n != "client" {
+			return false
+		}
+	}
+	return len(cmds) > 0
+}
+
+// TestSharedOneRoundTripPerRequest: under steady traffic the batched
+// corrections and releases ride along with reservations, so a request
+// costs one round trip, and they still reach Redis.
+func TestSharedOneRoundTripPerRequest(t *testing.T) {
+	c := redistest.Start(t).Client(t)
+	var rt roundTrips
+	c.AddHook(&rt)
+	r := newReplica(t, c, "a", func(s *SharedSettings) { s.SettleEvery = 20 * time.Millisecond })
+	b := mustShared(t, r, "openai", Limits{TokensPerMinute: 6e6, TokenBurst: time.Minute, MaxConcurrency: 1000})
+	ctx := context.Background()
+	// Warm the script cache, as a replica's first requests do.
+	if d := reserve(t, r, []*Bucket{b}, Cost{Tokens: 100}, Ask{}); !d.OK {
+		t.Fatalf("%+v", d)
+	}
+	r.Release(ctx, []*Bucket{b})
+	r.settle(false, false)
+	before := rt.n.Load()
+	const n = 100
+	for range n {
+		time.Sleep(time.Millisecond) // steady traffic: a request every millisecond or so
+		if d := reserve(t, r, []*Bucket{b}, Cost{Tokens: 100}, Ask{}); !d.OK {
+			t.Fatalf("%+v", d)
+		}
+		r.Adjust(ctx, []*Bucket{b}, Cost{Tokens: -50})
+		r.Release(ctx, []*Bucket{b})
+	}
+	if got := rt.n.Load() - before; got != n {
+		t.Errorf("%d round trips for %d requests, want exactly one each (all: %v)", got, n, rt.seen)
+	}
+	// The releases went along: Redis counts no more in flight than were
+	// released since the last reservation carried them.
+	inflight, err := c.HGet(ctx, "test:rl:{openai}:openai", "c:a").Int64()
+	if err != nil || inflight > 30 {
+		t.Errorf("in flight in Redis after %d requests and their releases = %d, %v; want the releases carried along", n, inflight, err)
+	}
+	waitFor(t, "the timer settles the rest once the traffic stops", func() bool {
+		v, err := c.HGet(ctx, "test:rl:{openai}:openai", "c:a").Int64()
+		return err == nil && v == 0
+	})
+}
