@@ -144,6 +144,7 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer) error {
 			return err
 		}
 		defer rc.Close()
+		rc.AddHook(roundTripHook{inc: m.RedisRoundTrips()})
 		if shared, err = newSharedMode(cfg, rc, m, log); err != nil {
 			return err
 		}

@@ -62,6 +62,40 @@ func newSharedMode(cfg *config.Config, rc redis.UniversalClient, m *metrics.Metr
 	}, nil
 }
 
+// roundTripHook counts the round trips a Redis client makes for Sluice:
+// one per command sent alone, one per pipeline, not the handshake a new
+// connection does (HELLO, CLIENT SETINFO).
+type roundTripHook struct{ inc func() }
+
+func (h roundTripHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h roundTripHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !handshake(cmd) {
+			h.inc()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h roundTripHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if !handshake(cmds...) {
+			h.inc()
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func handshake(cmds ...redis.Cmder) bool {
+	for _, c := range cmds {
+		if n := c.Name(); n != "hello" && n != "client" {
+			return false
+		}
+	}
+	return len(cmds) > 0
+}
+
 // replicaID names this process among the replicas: host, pid and a random
 // part, so that a restarted process never takes over a dead one's leases.
 func replicaID() (string, error) {

@@ -141,6 +141,18 @@ func (m *Metrics) RedisUp() func(up bool) {
 	}
 }
 
+// RedisRoundTrips registers sluice_redis_round_trips_total, for shared
+// mode, and returns its increment: one per command sent alone or pipeline
+// sent to Redis, the connection handshakes left out.
+func (m *Metrics) RedisRoundTrips() func() {
+	c := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sluice_redis_round_trips_total",
+		Help: "Network round trips to Redis (a command sent alone, or a pipeline), connection handshakes left out: quotas, leases, breaker hints, idempotency keys and dead letters together.",
+	})
+	m.reg.MustRegister(c)
+	return c.Inc
+}
+
 // SpoolDepth reports, at scrape time, the dead letters waiting in the local
 // spool file for Redis to come back.
 func (m *Metrics) SpoolDepth(depth func() float64) {
