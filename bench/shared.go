@@ -110,6 +110,7 @@ type sharedEnv struct {
 	rc        *redis.Client
 	inside    map[string]bool // commands Sluice's Lua scripts run
 	sharedLog string          // the shared Sluice's log
+	metrics   string          // the shared Sluice's /metrics URL
 	procs     []*proc         // everything started, to check they still run
 }
 
@@ -232,7 +233,8 @@ func runShared(ctx context.Context, args []string, stdout, stderr io.Writer) (er
 		{name: targetSluice, addr: loopback(ports[2]), proxy: single},
 		{name: targetShared, addr: loopback(ports[4]), proxy: shared},
 	}
-	env := &sharedEnv{s: s, self: self, up: up, redis: rp, rc: rc, inside: inside, sharedLog: shared.logPath, procs: procs}
+	env := &sharedEnv{s: s, self: self, up: up, redis: rp, rc: rc, inside: inside, sharedLog: shared.logPath,
+		metrics: "http://" + loopback(ports[5]) + "/metrics", procs: procs}
 	results, err := env.measure(ctx, targets, clkTck, stderr)
 	if err != nil {
 		return err
@@ -316,10 +318,12 @@ func (env *sharedEnv) measure(ctx context.Context, targets []target, clkTck int,
 	return results, nil
 }
 
-// run runs one phase against t and reads Redis's command counts around it.
+// run runs one phase against t and reads Redis's counts, and the shared
+// Sluice's own count of its round trips, around it.
 func (env *sharedEnv) run(ctx context.Context, t target, ph phase) (sharedRun, error) {
 	var run sharedRun
-	before, err := readCommandStats(ctx, env.rc)
+	trips0 := env.sluiceRoundTrips()
+	before, err := readRedisStats(ctx, env.rc)
 	if err != nil {
 		return run, err
 	}
@@ -327,16 +331,40 @@ func (env *sharedEnv) run(ctx context.Context, t target, ph phase) (sharedRun, e
 	if run.load, err = runPhase(ctx, env.s.loadCPU, env.self, t, env.up, ph); err != nil {
 		return run, err
 	}
-	after, err := readCommandStats(ctx, env.rc)
+	after, err := readRedisStats(ctx, env.rc)
 	if err != nil {
 		return run, err
 	}
+	trips1 := env.sluiceRoundTrips()
 	run.redisLost = countInFile(env.sharedLog, redisLostNeedle) > lost0
-	if run.redis, err = diffCommandStats(before, after, env.inside); err != nil {
+	if run.redis, err = diffRedisStats(before, after, env.inside); err != nil {
 		return run, err
+	}
+	run.redis.sluiceTrips = -1
+	if trips0 >= 0 && trips1 >= trips0 {
+		run.redis.sluiceTrips = trips1 - trips0
 	}
 	return run, nil
 }
+
+// sluiceRoundTrips returns the shared Sluice's sluice_redis_round_trips_total,
+// or -1 when its /metrics cannot be read or does not have it (an older
+// Sluice): the section then leaves the column empty.
+func (env *sharedEnv) sluiceRoundTrips() int64 {
+	b, err := httpGet(env.metrics)
+	if err != nil {
+		return -1
+	}
+	v, ok := parseMetrics(b, metricRedisRoundTrips)[metricRedisRoundTrips]
+	if !ok {
+		return -1
+	}
+	return int64(v)
+}
+
+// metricRedisRoundTrips counts, in Sluice, each command sent alone or
+// pipeline sent to Redis.
+const metricRedisRoundTrips = "sluice_redis_round_trips_total"
 
 // countInFile counts needle in the file at path; 0 when it cannot be read.
 func countInFile(path, needle string) int {
@@ -353,15 +381,45 @@ type cmdStat struct {
 	usec  int64 // Redis time in the command, scripts' inner commands included
 }
 
-// readCommandStats reads INFO commandstats.
-func readCommandStats(ctx context.Context, rc *redis.Client) (map[string]cmdStat, error) {
+// redisStats is one reading of the Redis counters the bench compares.
+type redisStats struct {
+	cmds  map[string]cmdStat // INFO commandstats
+	reads int64              // total_reads_processed of INFO stats
+}
+
+// readRedisStats reads INFO commandstats and stats, in one command so that
+// a reading adds exactly one to the counters it reads.
+func readRedisStats(ctx context.Context, rc *redis.Client) (redisStats, error) {
+	var st redisStats
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	text, err := rc.Info(ctx, "commandstats").Result()
+	text, err := rc.Info(ctx, "commandstats", "stats").Result()
 	if err != nil {
-		return nil, fmt.Errorf("reading redis commandstats: %w", err)
+		return st, fmt.Errorf("reading redis commandstats: %w", err)
 	}
-	return parseCommandStats(text)
+	if st.cmds, err = parseCommandStats(text); err != nil {
+		return st, err
+	}
+	if st.reads, err = parseReads(text); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// parseReads returns total_reads_processed from INFO stats: how often Redis
+// read from a client socket. A command sent alone is one read, and so is a
+// pipeline written at once, as go-redis writes one: it counts round trips.
+func parseReads(text string) (int64, error) {
+	for line := range strings.Lines(text) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_reads_processed:"); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("malformed total_reads_processed %q", v)
+			}
+			return n, nil
+		}
+	}
+	return 0, errors.New("redis INFO stats has no total_reads_processed (Redis 6 or later needed)")
 }
 
 // parseCommandStats parses INFO commandstats: lines
@@ -406,12 +464,18 @@ func parseCommandStats(text string) (map[string]cmdStat, error) {
 // scriptCommandNames are the commands that run a Lua script.
 var scriptCommandNames = []string{"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"}
 
-// redisDelta is what Redis did between two readings of its commandstats.
+// redisDelta is what Redis did between two readings of its counters.
 type redisDelta struct {
 	// client counts the commands clients sent: every command counted
-	// less those run inside scripts and the bench's own INFO. Without
-	// pipelining, as Sluice sends them, each is a round trip.
+	// less those run inside scripts and the bench's own INFO. Pipelined
+	// commands count one each.
 	client int64
+	// reads counts the reads from client sockets, less the bench's own
+	// reading: the round trips, a pipeline counting once.
+	reads int64
+	// sluiceTrips is the shared Sluice's own count of its round trips
+	// (sluice_redis_round_trips_total); -1 when it has none.
+	sluiceTrips int64
 	// scripts and scriptUsec count the script calls (EVALSHA, EVAL) and
 	// the Redis time they took, their inner commands included.
 	scripts    int64
@@ -422,13 +486,18 @@ type redisDelta struct {
 	byName map[string]int64
 }
 
-// diffCommandStats returns what Redis did from before to after. inside
+// diffRedisStats returns what Redis did from before to after. inside
 // names the commands that Sluice's scripts run: commandstats counts those
 // too, and they are no round trips.
-func diffCommandStats(before, after map[string]cmdStat, inside map[string]bool) (redisDelta, error) {
-	d := redisDelta{byName: make(map[string]int64)}
-	for name, a := range after {
-		b := before[name]
+func diffRedisStats(before, after redisStats, inside map[string]bool) (redisDelta, error) {
+	d := redisDelta{byName: make(map[string]int64), sluiceTrips: -1}
+	// The reading after is one read of the bench's; the one before
+	// counted its own read already.
+	if d.reads = after.reads - before.reads - 1; d.reads < 0 {
+		return d, errors.New("redis total_reads_processed went backwards: was redis restarted or its stats reset?")
+	}
+	for name, a := range after.cmds {
+		b := before.cmds[name]
 		calls, usec := a.calls-b.calls, a.usec-b.usec
 		if calls < 0 || usec < 0 {
 			return d, fmt.Errorf("redis commandstats of %s went backwards: was redis restarted or its stats reset?", name)
@@ -458,8 +527,8 @@ func (d redisDelta) progress(sent int64) string {
 	if sent <= 0 {
 		return fmt.Sprintf("redis: %d commands", d.client)
 	}
-	return fmt.Sprintf("redis: %.3f commands/req, %.3f scripts/req, %.1f µs/script",
-		float64(d.client)/float64(sent), float64(d.scripts)/float64(sent), d.usecPerScript())
+	return fmt.Sprintf("redis: %.3f round trips/req, %.3f commands/req, %.3f scripts/req, %.1f µs/script",
+		float64(d.reads)/float64(sent), float64(d.client)/float64(sent), float64(d.scripts)/float64(sent), d.usecPerScript())
 }
 
 func (d redisDelta) usecPerScript() float64 {

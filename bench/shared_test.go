@@ -106,6 +106,18 @@ const commandStatsText = "# Commandstats\r\n" +
 	"cmdstat_config|resetstat:calls=1,usec=66,usec_per_call=66.00,rejected_calls=0,failed_calls=0\r\n" +
 	"cmdstat_time:calls=1000,usec=900,usec_per_call=0.90,rejected_calls=0,failed_calls=0\r\n"
 
+func TestParseReads(t *testing.T) {
+	text := commandStatsText + "# Stats\r\ntotal_connections_received:3\r\ntotal_reads_processed:34567\r\n"
+	if got, err := parseReads(text); err != nil || got != 34567 {
+		t.Errorf("parseReads = %d, %v, want 34567", got, err)
+	}
+	for _, bad := range []string{commandStatsText, "total_reads_processed:many\r\n"} {
+		if got, err := parseReads(bad); err == nil {
+			t.Errorf("parseReads(%q) = %d, nil error, want one", bad, got)
+		}
+	}
+}
+
 func TestParseCommandStats(t *testing.T) {
 	got, err := parseCommandStats(commandStatsText)
 	if err != nil {
@@ -131,19 +143,20 @@ func TestParseCommandStats(t *testing.T) {
 
 func TestDiffCommandStats(t *testing.T) {
 	inside := map[string]bool{"time": true, "hset": true, "hmget": true}
-	before := map[string]cmdStat{"evalsha": {10, 300}, "time": {10, 9}, "info": {3, 30}}
-	after := map[string]cmdStat{
+	before := redisStats{reads: 100, cmds: map[string]cmdStat{"evalsha": {10, 300}, "time": {10, 9}, "info": {3, 30}}}
+	after := redisStats{reads: 1104, cmds: map[string]cmdStat{
 		"evalsha": {1030, 30300}, "eval": {1, 100}, "time": {1041, 40}, "hset": {3000, 900}, "hmget": {1031, 300},
 		"ping": {2, 1}, "info": {5, 50}, "client|setinfo": {2, 2},
-	}
-	d, err := diffCommandStats(before, after, inside)
+	}}
+	d, err := diffRedisStats(before, after, inside)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Clients sent 1,020 EVALSHA, 1 EVAL, 2 PING, 2 CLIENT SETINFO; the
+	// Clients sent 1,020 EVALSHA, 1 EVAL, 2 PING, 2 CLIENT SETINFO, some
+	// pipelined (1,003 reads, the bench's reading after left out); the
 	// bench 2 INFO; the scripts ran the rest.
-	if d.client != 1025 || d.scripts != 1021 || d.scriptUsec != 30100 || d.inside != 1031+3000+1031 {
-		t.Errorf("diffCommandStats = %+v, want 1025 client commands, 1021 scripts taking 30100 µs, 5062 inside", d)
+	if d.client != 1025 || d.reads != 1003 || d.scripts != 1021 || d.scriptUsec != 30100 || d.inside != 1031+3000+1031 {
+		t.Errorf("diffRedisStats = %+v, want 1025 client commands in 1003 reads, 1021 scripts taking 30100 µs, 5062 inside", d)
 	}
 	if d.byName["client|setinfo"] != 2 || d.byName["ping"] != 2 || d.byName["info"] != 0 {
 		t.Errorf("byName = %v", d.byName)
@@ -151,8 +164,11 @@ func TestDiffCommandStats(t *testing.T) {
 	if got := d.usecPerScript(); got < 29.48 || got > 29.49 {
 		t.Errorf("usecPerScript = %v, want 30100/1021", got)
 	}
-	if _, err := diffCommandStats(after, before, inside); err == nil {
-		t.Error("diffCommandStats(after, before) = nil error, want one: the counts went backwards")
+	if _, err := diffRedisStats(after, before, inside); err == nil {
+		t.Error("diffRedisStats(after, before) = nil error, want one: the counts went backwards")
+	}
+	if d.sluiceTrips != -1 {
+		t.Errorf("sluiceTrips = %d, want -1 until read from Sluice", d.sluiceTrips)
 	}
 }
 
@@ -193,24 +209,29 @@ func TestSharedReport(t *testing.T) {
 			ProxyTicks: 55, RedisTicks: 33}
 	}
 	res := map[runKey]sharedRun{
-		{0, targetDirect, ph}: {load: rate(200*us, 1000*us), redis: redisDelta{client: 3, byName: map[string]int64{"evalsha": 2, "ping": 1}}},
-		{0, targetSluice, ph}: {load: rate(240*us, 1400*us), redis: redisDelta{client: 2, byName: map[string]int64{"evalsha": 2}}},
-		{0, targetShared, ph}: {load: rate(400*us, 2500*us), redis: redisDelta{client: 11220, scripts: 11220, scriptUsec: 336600,
-			inside: 89760, byName: map[string]int64{"evalsha": 11220}}},
+		{0, targetDirect, ph}: {load: rate(200*us, 1000*us),
+			redis: redisDelta{client: 3, reads: 3, sluiceTrips: 3, byName: map[string]int64{"evalsha": 2, "ping": 1}}},
+		{0, targetSluice, ph}: {load: rate(240*us, 1400*us),
+			redis: redisDelta{client: 2, reads: 2, sluiceTrips: 2, byName: map[string]int64{"evalsha": 2}}},
+		{0, targetShared, ph}: {load: rate(400*us, 2500*us), redis: redisDelta{client: 11220, reads: 11011, sluiceTrips: 11011,
+			scripts: 11220, scriptUsec: 336600, inside: 89760, byName: map[string]int64{"evalsha": 11220}}},
 	}
 	rep := &sharedReport{command: "go run ./bench shared -rounds 1 -rates 1000", s: s, clkTck: 100, results: res}
 	md := rep.markdown()
 	for _, want := range []string{
 		"| Sluice added p99 in shared mode at 1,000 req/s | < 2000 µs | +1500 µs | +1500 µs | pass |",
-		"| Redis round trips per request in shared mode at 1,000 req/s | ≤ 1.000 | 1.020 | 1.020 | miss |",
+		"| Redis round trips per request in shared mode at 1,000 req/s | ≤ 1.0000 | 1.0010 | 1.0010 | miss |",
+		"| Redis round trips per request in shared mode, less its idle background at 1,000 req/s | 1.0008 | 1.0008 |",
+		"| Redis commands per request (pipelined ones counted each) at 1,000 req/s | 1.020 | 1.020 |",
+		"| round trips per request as Sluice counts them (sluice_redis_round_trips_total) at 1,000 req/s | 1.001 | 1.001 |",
 		"| shared − single-replica p50 at 1,000 req/s | +160 µs | +160 µs |",
 		"| shared − single-replica p99 at 1,000 req/s | +1100 µs | +1100 µs |",
 		"| commands run inside the scripts per request at 1,000 req/s | 8.160 | 8.160 |",
 		"| Redis µs per script call (usec_per_call) at 1,000 req/s | 30.0 | 30.0 |",
 		"| Redis CPU µs per request at 1,000 req/s | 30.0 | 30.0 |",
 		"| Sluice CPU µs per request, shared at 1,000 req/s | 50.0 | 50.0 |",
-		"| 1 | 1,000 | sluice-shared | 400 / 2500 | 0 | 11,000 | 50.0 | 11,220 (1.020) | 1.020 | 30.0 | 30.0 | 0 |",
-		"it sent Redis 0.2 commands a second: EVALSHA 4, PING 1.",
+		"| 1 | 1,000 | sluice-shared | 400 / 2500 | 0 | 11,000 | 50.0 | 11,011 (1.001) | 1.020 | 1.001 | 1.020 | 30.0 | 30.0 | 0 |",
+		"it made 0.2 round trips to Redis a second, with these commands: EVALSHA 4, PING 1.",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("section lacks %q:\n%s", want, md)
@@ -225,7 +246,7 @@ func TestSharedReport(t *testing.T) {
 	res[runKey{0, targetShared, ph}] = run
 	md = rep.markdown()
 	for _, want := range []string{
-		"| Redis round trips per request in shared mode at 1,000 req/s | ≤ 1.000 | 1.020 | 1.020 | miss (Redis lost, see below) |",
+		"| Redis round trips per request in shared mode at 1,000 req/s | ≤ 1.0000 | 1.0010 | 1.0010 | miss (Redis lost, see below) |",
 		"- round 1, sluice-shared, rate1000\n",
 	} {
 		if !strings.Contains(md, want) {

@@ -116,12 +116,15 @@ func (rep *sharedReport) reference(b *strings.Builder) {
 
 func (rep *sharedReport) absolute(b *strings.Builder) {
 	fmt.Fprintf(b, "### Absolute numbers per round\n\n")
-	fmt.Fprintf(b, "Latencies in µs. Redis commands are those clients sent (round trips), not the ones the scripts run; "+
-		"for direct and single-replica phases they are what the idle shared Sluice sent meanwhile. "+
-		"CPU is user + system time over the whole phase, per request sent.\n\n")
+	fmt.Fprintf(b, "Latencies in µs. Round trips are Redis's reads from clients (a pipeline counts once); "+
+		"commands are those clients sent (each of a pipeline counts), not the ones the scripts run; "+
+		"Sluice's count is its own `%s`. "+
+		"For direct and single-replica phases they are what the idle shared Sluice sent meanwhile. "+
+		"CPU is user + system time over the whole phase, per request sent.\n\n", metricRedisRoundTrips)
 	fmt.Fprintf(b, "| Round | Rate | Target | p50 / p99 | Send lag p50 | Requests sent | Sluice CPU µs/req "+
-		"| Redis commands (per request) | Script calls per request | Redis µs per script call | Redis CPU µs/req | Errors |\n")
-	fmt.Fprintf(b, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		"| Redis round trips (per request) | Commands per request | Sluice's count per request | Script calls per request "+
+		"| Redis µs per script call | Redis CPU µs/req | Errors |\n")
+	fmt.Fprintf(b, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for r := range rep.s.rounds {
 		for _, rate := range rep.s.rates {
 			for _, t := range sharedTargets {
@@ -130,26 +133,29 @@ func (rep *sharedReport) absolute(b *strings.Builder) {
 					continue
 				}
 				l, d := run.load, run.redis
-				cpu, perReq, scripts, usec := "–", "–", "–", "–"
+				cpu, trips, cmds, own, scripts, usec := "–", "–", "–", "–", "–", "–"
 				if t != targetDirect {
 					cpu = fmt.Sprintf("%.1f", cpuMicros(l.ProxyTicks, l.Sent, rep.clkTck))
 				}
 				if t == targetShared && l.Sent > 0 {
-					perReq = fmt.Sprintf("%.3f", float64(d.client)/float64(l.Sent))
-					scripts = fmt.Sprintf("%.3f", float64(d.scripts)/float64(l.Sent))
+					per := func(n int64) string { return fmt.Sprintf("%.3f", float64(n)/float64(l.Sent)) }
+					trips, cmds, scripts = per(d.reads), per(d.client), per(d.scripts)
+					if d.sluiceTrips >= 0 {
+						own = per(d.sluiceTrips)
+					}
 					usec = fmt.Sprintf("%.1f", d.usecPerScript())
 				}
-				fmt.Fprintf(b, "| %d | %s | %s | %s / %s | %s | %s | %s | %s (%s) | %s | %s | %.1f | %d |\n",
+				fmt.Fprintf(b, "| %d | %s | %s | %s / %s | %s | %s | %s | %s (%s) | %s | %s | %s | %s | %.1f | %d |\n",
 					r+1, thousands(int64(rate)), t, micros(l.P50), micros(l.P99), micros(l.LagP50), thousands(l.Sent), cpu,
-					thousands(d.client), perReq, scripts, usec, cpuMicros(l.RedisTicks, l.Sent, rep.clkTck), l.Errors)
+					thousands(d.reads), trips, cmds, own, scripts, usec, cpuMicros(l.RedisTicks, l.Sent, rep.clkTck), l.Errors)
 			}
 		}
 	}
 	fmt.Fprintln(b)
-	idle, seconds := rep.idleCommands()
+	idle, reads, seconds := rep.idleCommands()
 	if seconds > 0 {
-		fmt.Fprintf(b, "While the shared Sluice was idle (direct and single-replica phases, %.0f s in all) it sent Redis "+
-			"%.1f commands a second: %s.\n\n", seconds, float64(sum(idle))/seconds, byNameText(idle))
+		fmt.Fprintf(b, "While the shared Sluice was idle (direct and single-replica phases, %.0f s in all) it made "+
+			"%.1f round trips to Redis a second, with these commands: %s.\n\n", seconds, float64(reads)/seconds, byNameText(idle))
 	}
 	busy := make(map[string]int64)
 	for k, run := range rep.results {
@@ -162,10 +168,12 @@ func (rep *sharedReport) absolute(b *strings.Builder) {
 	fmt.Fprintf(b, "Commands the shared Sluice sent during its phases, by name: %s.\n\n", byNameText(busy))
 }
 
-// idleCommands sums the client commands, by name, over the phases that
-// did not load the shared Sluice, and their length in seconds.
-func (rep *sharedReport) idleCommands() (map[string]int64, float64) {
+// idleCommands sums the client commands, by name, and the round trips
+// over the phases that did not load the shared Sluice, and gives their
+// length in seconds.
+func (rep *sharedReport) idleCommands() (map[string]int64, int64, float64) {
 	idle := make(map[string]int64)
+	var reads int64
 	var seconds float64
 	for k, run := range rep.results {
 		if k.target == targetShared {
@@ -174,17 +182,10 @@ func (rep *sharedReport) idleCommands() (map[string]int64, float64) {
 		for name, n := range run.redis.byName {
 			idle[name] += n
 		}
+		reads += run.redis.reads
 		seconds += run.load.Seconds
 	}
-	return idle, seconds
-}
-
-func sum(m map[string]int64) int64 {
-	var n int64
-	for _, v := range m {
-		n += v
-	}
-	return n
+	return idle, reads, seconds
 }
 
 // byNameText lists counts by name, largest first: "evalsha 1,234, ping 2".
@@ -254,9 +255,12 @@ func (rep *sharedReport) method(b *strings.Builder) {
 	fmt.Fprintf(b, "- Fixed rates: open loop; a kernel timer schedules a request every 1/rate s whatever the responses do, "+
 		"up to %d in flight. Latency runs from the scheduled send time to the end of the response (no coordinated omission).\n",
 		rep.s.conns)
-	fmt.Fprintf(b, "- Redis commands: `INFO commandstats` read before and after each phase. Redis counts the commands a script "+
+	fmt.Fprintf(b, "- Redis round trips: `total_reads_processed` of `INFO stats`, read before and after each phase, "+
+		"less the bench's own reading: Redis reads a command sent alone, or a pipeline written at once, in one read. "+
+		"Checked against the shared Sluice's own `%s`, scraped from its admin listener at the same moments.\n", metricRedisRoundTrips)
+	fmt.Fprintf(b, "- Redis commands: `INFO commandstats`, read in the same `INFO` command. Redis counts the commands a script "+
 		"runs (`redis.call`) as calls too, so the commands found in Sluice's `.lua` files are left out, "+
-		"as are the bench's own `INFO` readings; what remains is what clients sent, one round trip each. "+
+		"as are the bench's own `INFO` readings; what remains is what clients sent, each command of a pipeline counting once. "+
 		"Redis µs per script call is the change of `usec` over the change of `calls` of EVALSHA and EVAL together "+
 		"(the reserve calls and the settles), inner commands included.\n")
 	fmt.Fprintf(b, "- Redis CPU: user + system time of redis-server from `/proc/PID/stat` over the phase, clock ticks of 1/%d s.\n",
@@ -268,6 +272,7 @@ func (rep *sharedReport) metrics() []sharedMetric {
 	var goals, refs []sharedMetric
 	us := func(v float64) string { return fmt.Sprintf("%+.0f µs", v) }
 	per := func(v float64) string { return fmt.Sprintf("%.3f", v) }
+	per4 := func(v float64) string { return fmt.Sprintf("%.4f", v) }
 	one := func(v float64) string { return fmt.Sprintf("%.1f", v) }
 	for _, rate := range rep.s.rates {
 		ph := ratePhase(rate)
@@ -288,9 +293,9 @@ func (rep *sharedReport) metrics() []sharedMetric {
 				uses:  keys(targetShared, targetDirect), lost: true,
 			},
 			sharedMetric{
-				name: "Redis round trips per request in shared mode" + at, format: per,
-				goal:  fmt.Sprintf("≤ %.3f", roundTripsGoal),
-				value: rep.perRequest(ph, func(d redisDelta) int64 { return d.client }),
+				name: "Redis round trips per request in shared mode" + at, format: per4,
+				goal:  fmt.Sprintf("≤ %.4f", roundTripsGoal),
+				value: rep.perRequest(ph, func(d redisDelta) int64 { return d.reads }),
 				pass:  func(v float64) bool { return v <= roundTripsGoal },
 				uses:  keys(targetShared), lost: true,
 			},
@@ -306,6 +311,15 @@ func (rep *sharedReport) metrics() []sharedMetric {
 				value: rep.diff(ph, p50Of, targetShared, targetSluice), uses: keys(targetShared, targetSluice), lost: true},
 			sharedMetric{name: "shared − single-replica p99" + at, format: us,
 				value: rep.diff(ph, p99Of, targetShared, targetSluice), uses: keys(targetShared, targetSluice), lost: true},
+			sharedMetric{name: "Redis round trips per request in shared mode, less its idle background" + at, format: per4,
+				value: rep.lessIdle(ph), uses: keys(targetShared), lost: true},
+			sharedMetric{name: "Redis commands per request (pipelined ones counted each)" + at, format: per,
+				value: rep.perRequest(ph, func(d redisDelta) int64 { return d.client }), uses: keys(targetShared), lost: true},
+			sharedMetric{name: "round trips per request as Sluice counts them (" + metricRedisRoundTrips + ")" + at, format: per,
+				value: func(r int) (float64, bool) {
+					run, ok := rep.run(r, targetShared, ph)
+					return float64(run.redis.sluiceTrips) / float64(run.load.Sent), ok && run.redis.sluiceTrips >= 0
+				}, uses: keys(targetShared), lost: true},
 			sharedMetric{name: "script calls (EVALSHA + EVAL) per request" + at, format: per,
 				value: rep.perRequest(ph, func(d redisDelta) int64 { return d.scripts }), uses: keys(targetShared), lost: true},
 			sharedMetric{name: "commands run inside the scripts per request" + at, format: per,
@@ -350,6 +364,28 @@ func (rep *sharedReport) perRequest(ph string, count func(redisDelta) int64) fun
 	return func(r int) (float64, bool) {
 		run, ok := rep.run(r, targetShared, ph)
 		return float64(count(run.redis)) / float64(run.load.Sent), ok
+	}
+}
+
+// lessIdle is the round trips of the shared target per request sent, less
+// the round trips it made per second while idle in the same round (during
+// the other targets' phases) times the length of its phase: what the
+// requests cost, without the lease renewals and health checks.
+func (rep *sharedReport) lessIdle(ph string) func(int) (float64, bool) {
+	return func(r int) (float64, bool) {
+		run, ok := rep.run(r, targetShared, ph)
+		var reads int64
+		var seconds float64
+		for k, idle := range rep.results {
+			if k.round == r && k.target != targetShared {
+				reads += idle.redis.reads
+				seconds += idle.load.Seconds
+			}
+		}
+		if !ok || seconds <= 0 {
+			return 0, false
+		}
+		return (float64(run.redis.reads) - float64(reads)/seconds*run.load.Seconds) / float64(run.load.Sent), true
 	}
 }
 
