@@ -108,8 +108,13 @@ type remote struct {
 	key  string // the Redis hash
 	tag  string
 	full Limits
-	iv   [dimensions]int64 // us per unit at the full limits; 0 unlimited
-	tol  [dimensions]int64 // us
+	// iv is the microseconds per unit at the full limits, 0 unlimited. It is
+	// fractional for a rate above one unit a microsecond (60M a minute;
+	// OpenAI's largest token quotas pass it): Lua numbers are doubles,
+	// exact to a quarter of a microsecond at today's Unix time, and the
+	// scripts round every TAT they store up to whole microseconds.
+	iv  [dimensions]float64
+	tol [dimensions]int64 // us
 	conc int64
 
 	// Pending for the next settle; guarded by Shared.mu.
@@ -193,10 +198,10 @@ func (s *Shared) NewBucket(key string, lim Limits) (*Bucket, error) {
 		if rate.perMinute == 0 {
 			continue
 		}
-		r.iv[d] = int64(math.Ceil(60e6 / rate.perMinute))
+		r.iv[d] = 60e6 / rate.perMinute
 		r.tol[d] = rate.burst.Microseconds()
 		if d == requests {
-			r.tol[d] = max(r.tol[d], r.iv[d])
+			r.tol[d] = max(r.tol[d], int64(math.Ceil(r.iv[d])))
 		}
 	}
 	s.mu.Lock()
@@ -456,7 +461,7 @@ func (s *Shared) Estimate(buckets []*Bucket, c Cost) time.Duration {
 			if r.iv[d] == 0 || cost[d] == 0 {
 				continue
 			}
-			wait = max(wait, max(st[i].tat[d], now)-now+cost[d]*r.iv[d]-r.tol[d])
+			wait = max(wait, max(st[i].tat[d], now)-now+int64(math.Ceil(float64(cost[d])*r.iv[d]))-r.tol[d])
 		}
 	}
 	return time.Duration(wait) * time.Microsecond
@@ -477,8 +482,8 @@ func (s *Shared) Usage(b *Bucket) Usage {
 			continue
 		}
 		owed := max(st[0].tat[d], now) - now
-		left[d] = float64(r.tol[d]-owed) / float64(r.iv[d])
-		capacity[d] = float64(r.tol[d]) / float64(r.iv[d])
+		left[d] = float64(r.tol[d]-owed) / r.iv[d]
+		capacity[d] = float64(r.tol[d]) / r.iv[d]
 	}
 	u.Requests, u.Tokens = left[requests], left[tokens]
 	u.RequestCapacity, u.TokenCapacity = capacity[requests], capacity[tokens]

@@ -408,3 +408,22 @@ func TestSharedOneRoundTripPerRequest(t *testing.T) {
 		return err == nil && v == 0
 	})
 }
+
+// TestSharedAboveOneUnitPerMicrosecond: a token rate above 60M a minute
+// (OpenAI's largest quotas) is neither capped nor rounded into admitting
+// more than it should.
+func TestSharedAboveOneUnitPerMicrosecond(t *testing.T) {
+	c := redistest.Start(t).Client(t)
+	r := newReplica(t, c, "a", nil)
+	b := mustShared(t, r, "openai", Limits{TokensPerMinute: 150e6, TokenBurst: time.Second}) // 2.5M a second
+	if d := reserve(t, r, []*Bucket{b}, Cost{Tokens: 2_400_000}, Ask{}); !d.OK {
+		t.Fatalf("2.4M tokens of a 2.5M burst: %+v, want OK", d)
+	}
+	d := reserve(t, r, []*Bucket{b}, Cost{Tokens: 2_400_000}, Ask{})
+	if d.OK || d.Never || d.Wait < 850*time.Millisecond || d.Wait > 960*time.Millisecond {
+		t.Errorf("the next 2.4M: %+v, want a wait of about 0.92s (2.3M at 2.5M a second)", d)
+	}
+	if u := r.Usage(b); u.TokenCapacity < 2.49e6 || u.TokenCapacity > 2.51e6 {
+		t.Errorf("token capacity %v, want 2.5M", u.TokenCapacity)
+	}
+}

@@ -11,7 +11,10 @@
 -- commit window (us), ARGV[5] headroom (fraction of the tolerance to leave),
 -- ARGV[6] lease (ms), ARGV[7] key TTL (ms); then five values per bucket:
 -- request interval, request tolerance, token interval, token tolerance (us;
--- interval 0: unlimited) and max concurrency (0: unlimited).
+-- interval 0: unlimited; an interval may be fractional, for rates above one
+-- unit a microsecond) and max concurrency (0: unlimited). Stored TATs are
+-- rounded up to whole microseconds, and waits too: rounding never admits
+-- more.
 -- Returns {status, wait us, bucket index (0-based, -1: none), paused-until
 -- us (0: none), its bucket index}; status 0 committed, 1 wait (nothing
 -- committed), 2 busy (concurrency), 3 never fits.
@@ -71,7 +74,7 @@ for i, key in ipairs(KEYS) do
       -- Headroom: leave that much of the tolerance free, or as much as
       -- the request's own size allows.
       local eff = math.max(math.floor(tol * (1 - headroom)), ch)
-      local w = math.max(tats[i][d], now) + ch - eff - now
+      local w = math.ceil(math.max(tats[i][d], now) + ch - eff - now)
       if w > wait then wait, worst = w, i - 1 end
     end
   end
@@ -93,7 +96,7 @@ for i, key in ipairs(KEYS) do
   for d = 1, 2 do
     local iv = tonumber(ARGV[base + 2 * d - 1])
     if iv > 0 and cost[d] > 0 then
-      redis.call('HSET', key, names[d], string.format('%.0f', math.max(tats[i][d], s) + cost[d] * iv))
+      redis.call('HSET', key, names[d], string.format('%.0f', math.ceil(math.max(tats[i][d], s) + cost[d] * iv)))
     end
   end
   if tonumber(ARGV[base + 5]) > 0 then

@@ -48,7 +48,8 @@ for i, key in ipairs(KEYS) do
         tat = math.max(tat, now + tol - left * iv)
       end
       if tat > 0 then
-        redis.call('HSET', key, names[d], string.format('%.0f', tat))
+        -- Whole microseconds, rounded up: never more room than was given.
+        redis.call('HSET', key, names[d], string.format('%.0f', math.ceil(tat)))
       end
     end
   end
