@@ -113,8 +113,8 @@ type remote struct {
 	// OpenAI's largest token quotas pass it): Lua numbers are doubles,
 	// exact to a quarter of a microsecond at today's Unix time, and the
 	// scripts round every TAT they store up to whole microseconds.
-	iv  [dimensions]float64
-	tol [dimensions]int64 // us
+	iv   [dimensions]float64
+	tol  [dimensions]int64 // us
 	conc int64
 
 	// Pending for the next settle; guarded by Shared.mu.
