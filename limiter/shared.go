@@ -445,26 +445,30 @@ func scaledLeft(left int64, share float64) int64 {
 }
 
 // Estimate returns how long a request costing c would wait on buckets,
-// ignoring concurrency and burst (see [Local.EstimateAt]), from Redis's
-// state, or the twins' while Redis is away.
+// ignoring concurrency and burst (see [Local.EstimateAt]). It makes no
+// Redis call: the scheduler asks under its lock, for every request that
+// has to queue. It knows the pauses this replica has seen and the time the
+// cost takes at the full rate beyond a full burst, not what other replicas
+// used, so it is a lower bound: a request it lets queue may still time out
+// in the queue, but none is refused up front that could have gone.
 func (s *Shared) Estimate(buckets []*Bucket, c Cost) time.Duration {
-	now, st, ok := s.read(buckets)
-	if !ok {
-		return s.local.Estimate(buckets, c)
-	}
+	now := time.Now()
 	cost := [dimensions]int64{max(c.Requests, 0), max(c.Tokens, 0)}
-	var wait int64
-	for i, b := range buckets {
+	var wait time.Duration
+	for _, b := range buckets {
+		if p := s.local.PausedUntil(now, b); !p.IsZero() {
+			wait = max(wait, p.Sub(now))
+		}
 		r := s.remoteOf(b)
-		wait = max(wait, st[i].paused-now)
 		for d := range cost {
 			if r.iv[d] == 0 || cost[d] == 0 {
 				continue
 			}
-			wait = max(wait, max(st[i].tat[d], now)-now+int64(math.Ceil(float64(cost[d])*r.iv[d]))-r.tol[d])
+			us := int64(math.Ceil(float64(cost[d])*r.iv[d])) - r.tol[d]
+			wait = max(wait, time.Duration(us)*time.Microsecond)
 		}
 	}
-	return time.Duration(wait) * time.Microsecond
+	return wait
 }
 
 // Usage returns b's shared state (see [Local.UsageAt]), or its twin's
