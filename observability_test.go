@@ -493,6 +493,7 @@ func TestObservabilityScrape(t *testing.T) {
 			"sluice_idempotent_replays_total":  "counter",
 			"sluice_tokens_total":              "counter",
 			"sluice_redis_up":                  "gauge",
+			"sluice_quota_limit":               "gauge",
 		} {
 			if types[name] != typ {
 				t.Errorf("/metrics: %s has type %q, want %s", name, types[name], typ)

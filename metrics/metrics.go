@@ -51,6 +51,7 @@ type Metrics struct {
 	deadLetters      *prometheus.CounterVec
 	replays          *prometheus.CounterVec
 	idempotent       *prometheus.CounterVec
+	quotaLimits      *prometheus.GaugeVec
 	reg              prometheus.Registerer
 }
 
@@ -109,10 +110,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "sluice_idempotent_replays_total",
 			Help: "Requests with an Idempotency-Key answered without an upstream call of their own, by provider and outcome: stored (a kept outcome), waited (the first request's, after it ran), in_flight (409, still running), mismatch (422, another body), not_kept (409, too large to have kept), unavailable (503, the store failed).",
 		}, []string{"provider", "outcome"}),
+		quotaLimits: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_quota_limit",
+			Help: "Configured quota of a provider's bucket (the provider, or provider/model), by dimension: requests_per_minute, tokens_per_minute, max_concurrency. For drawing use against the limit.",
+		}, []string{"provider", "bucket", "dimension"}),
 		reg: reg,
 	}
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamRequests, m.upstreamDuration, m.queueWait, m.tokens,
-		m.retries, m.pauses, m.breakerState, m.deadLetters, m.replays, m.idempotent)
+		m.retries, m.pauses, m.breakerState, m.deadLetters, m.replays, m.idempotent, m.quotaLimits)
 	return m
 }
 
@@ -121,6 +126,13 @@ func New(reg prometheus.Registerer) *Metrics {
 // resolved per call.
 func (m *Metrics) Replayed(provider, outcome string) {
 	m.replays.WithLabelValues(provider, outcome).Inc()
+}
+
+// QuotaLimit records a configured quota: bucket is the provider or
+// provider/model, dimension requests_per_minute, tokens_per_minute or
+// max_concurrency. Set once at start-up.
+func (m *Metrics) QuotaLimit(provider, bucket, dimension string, v float64) {
+	m.quotaLimits.WithLabelValues(provider, bucket, dimension).Set(v)
 }
 
 // RedisUp registers sluice_redis_up, for shared mode, and returns its

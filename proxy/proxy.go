@@ -344,6 +344,7 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 			return nil, fmt.Errorf("proxy: %w", err)
 		}
 		up.metrics = m.Provider(pc.Name, names, func() float64 { return float64(up.inflight.Load()) }, up.quota.queued)
+		exportLimits(m, pc.Name, up.quota)
 		i := len(p.upstreams)
 		opened := func() {
 			select {
@@ -389,6 +390,30 @@ func New(s Settings, m *metrics.Metrics, log *slog.Logger) (*Proxy, error) {
 		Logger:                fasthttpLogger{log},
 	}
 	return p, nil
+}
+
+// exportLimits publishes the configured quotas of q's buckets (the
+// provider's and its models'), so that dashboards can draw use against
+// them.
+func exportLimits(m *metrics.Metrics, provider string, q *quota) {
+	seen := map[*limiter.Bucket]bool{}
+	for _, sc := range q.scopes {
+		for _, b := range sc.buckets {
+			if seen[b] {
+				continue
+			}
+			seen[b] = true
+			l := b.Limits()
+			for _, d := range []struct {
+				name string
+				v    float64
+			}{{"requests_per_minute", l.RequestsPerMinute}, {"tokens_per_minute", l.TokensPerMinute}, {"max_concurrency", float64(l.MaxConcurrency)}} {
+				if d.v > 0 {
+					m.QuotaLimit(provider, b.Key(), d.name, d.v)
+				}
+			}
+		}
+	}
 }
 
 func normaliseClasses(in []Class) ([]Class, error) {
