@@ -246,6 +246,12 @@ type Proxy struct {
 	}
 
 	draining atomic.Bool
+	// listeners are those Serve was given, closed by Shutdown too.
+	listeners struct {
+		sync.Mutex
+		all  []net.Listener
+		shut bool
+	}
 	// active counts exchanges not yet released: requests past routing, up
 	// to the end of their response, streams included (the relay releases
 	// them), since until then one may still write a dead letter. idle is
@@ -446,8 +452,17 @@ func normaliseClasses(in []Class) ([]Class, error) {
 	return out, nil
 }
 
-// Serve accepts connections on ln until [Proxy.Shutdown].
+// Serve accepts connections on ln until [Proxy.Shutdown]. A Shutdown that
+// came first, or that races with the start, closes ln, and Serve returns
+// nil.
 func (p *Proxy) Serve(ln net.Listener) error {
+	p.listeners.Lock()
+	if p.listeners.shut {
+		p.listeners.Unlock()
+		return ln.Close()
+	}
+	p.listeners.all = append(p.listeners.all, ln)
+	p.listeners.Unlock()
 	p.startDispatchers()
 	return p.server.Serve(ln)
 }
@@ -519,7 +534,16 @@ func (p *Proxy) stopDispatchers() {
 // included: when Shutdown returns, the dead-letter store may be closed.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.draining.Store(true)
+	p.listeners.Lock()
+	p.listeners.shut = true
+	lns := p.listeners.all
+	p.listeners.Unlock()
 	err := p.server.ShutdownWithContext(ctx)
+	// fasthttp closes only the listeners its Serve has registered; one
+	// whose Serve was just starting would accept forever.
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
 	p.stopDispatchers()
 	for _, up := range p.upstreams {
 		up.close()

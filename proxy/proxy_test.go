@@ -696,3 +696,31 @@ func classNames(names ...string) []Class {
 	}
 	return out
 }
+
+// TestShutdownRightAfterStart: a Shutdown that comes before (or while)
+// Serve starts still ends it; fasthttp alone would leave it accepting.
+func TestShutdownRightAfterStart(t *testing.T) {
+	for range 200 {
+		p, err := New(Settings{Providers: []Provider{defaultProvider("http://127.0.0.1:1")}}, metrics.New(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- p.Serve(ln) }()
+		if err := p.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Fatalf("Serve: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Serve still runs 5s after Shutdown")
+		}
+	}
+}
