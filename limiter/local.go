@@ -96,6 +96,7 @@ type Bucket struct {
 	dims     [dimensions]dim
 	key      string
 	lim      Limits
+	shared   *remote // a Shared limiter's side of its twin; nil for a Local's own bucket
 }
 
 // dim is one rate dimension of a bucket.

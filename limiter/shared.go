@@ -98,9 +98,8 @@ type Shared struct {
 	local *Local // the twins: degraded limits, and this replica's in-flight counts
 	up    atomic.Bool
 
-	mu      sync.Mutex // protects buckets, tags' pending fields
-	buckets map[*Bucket]*remote
-	tags    map[string]*tagState
+	mu   sync.Mutex // protects tags and the remotes' pending fields
+	tags map[string]*tagState
 }
 
 // remote is a bucket's shared side.
@@ -151,7 +150,6 @@ func NewShared(s SharedSettings) (*Shared, error) {
 		onRedis: s.OnRedis,
 		log:     s.Log,
 		local:   NewLocal(nil),
-		buckets: make(map[*Bucket]*remote),
 		tags:    make(map[string]*tagState),
 	}
 	if sh.prefix == "" {
@@ -205,7 +203,7 @@ func (s *Shared) NewBucket(key string, lim Limits) (*Bucket, error) {
 		}
 	}
 	s.mu.Lock()
-	s.buckets[twin] = r
+	twin.shared = r // set before the bucket is shared; never changed
 	ts := s.tags[r.tag]
 	if ts == nil {
 		ts = &tagState{}
@@ -228,13 +226,10 @@ func scaleLimits(l Limits, share float64) Limits {
 }
 
 func (s *Shared) remoteOf(b *Bucket) *remote {
-	s.mu.Lock()
-	r := s.buckets[b]
-	s.mu.Unlock()
-	if r == nil {
+	if b.owner != s.local || b.shared == nil {
 		panic("limiter: bucket " + b.key + " does not belong to this shared limiter")
 	}
-	return r
+	return b.shared
 }
 
 // Up reports whether Redis answered the last call.
@@ -372,7 +367,7 @@ func (s *Shared) Adjust(_ context.Context, buckets []*Bucket, delta Cost) error 
 	}
 	s.mu.Lock()
 	for _, b := range buckets {
-		r := s.buckets[b]
+		r := s.remoteOf(b)
 		r.delta[requests] += delta.Requests
 		r.delta[tokens] += delta.Tokens
 		r.dirty = true
@@ -387,7 +382,7 @@ func (s *Shared) Release(ctx context.Context, buckets []*Bucket) error {
 	_ = s.local.Release(ctx, buckets)
 	s.mu.Lock()
 	for _, b := range buckets {
-		if r := s.buckets[b]; r.conc > 0 {
+		if r := s.remoteOf(b); r.conc > 0 {
 			r.released++
 			r.dirty = true
 		}
@@ -427,7 +422,7 @@ func (s *Shared) PausedUntil(now time.Time, b *Bucket) time.Time {
 func (s *Shared) ClampAt(now time.Time, b *Bucket, remainingRequests, remainingTokens int64) {
 	s.local.ClampAt(now, b, scaledLeft(remainingRequests, s.share), scaledLeft(remainingTokens, s.share))
 	s.mu.Lock()
-	r := s.buckets[b]
+	r := s.remoteOf(b)
 	for d, left := range [dimensions]int64{remainingRequests, remainingTokens} {
 		if left >= 0 && (r.left[d] < 0 || left < r.left[d]) {
 			r.left[d], r.dirty = left, true
@@ -627,7 +622,7 @@ type settleCall struct {
 func (s *Shared) settleCallLocked(ts *tagState, now time.Time, renew, resync bool) (c settleCall, ok bool) {
 	var counts []any
 	for _, b := range ts.buckets {
-		r := s.buckets[b]
+		r := s.remoteOf(b)
 		if !r.dirty && !renew {
 			continue
 		}
