@@ -46,51 +46,8 @@ func TestSIGTERMDrain(t *testing.T) {
 	cfg := testConfig(up.URL) + "    limits: {max_concurrency: 1}\n" +
 		"deadletter:\n  file: " + file + "\n"
 	cfg = strings.Replace(cfg, "shutdown_grace: 5s", "shutdown_grace: 300ms", 1)
-	path := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	cmd := exec.Command(os.Args[0], "serve", "-config", path)
-	cmd.Env = append(os.Environ(), "SLUICE_TEST_MAIN=1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	logs := bufio.NewScanner(stderr)
-	var addr, admin string
-	for addr == "" && logs.Scan() {
-		var line struct{ Msg, Listen, Admin string }
-		if json.Unmarshal(logs.Bytes(), &line) == nil && line.Msg == "serving" {
-			addr, admin = line.Listen, line.Admin
-		}
-	}
-	if addr == "" {
-		t.Fatal("sluice exited before serving")
-	}
-	var logTail strings.Builder // what the process logged after serving, for failures
-	logged := make(chan struct{})
-	go func() { // keep the pipe drained until the process exits
-		defer close(logged)
-		for logs.Scan() {
-			logTail.WriteString(logs.Text() + "\n")
-		}
-	}()
-	defer func() {
-		if t.Failed() {
-			<-logged
-			t.Logf("sluice logged:\n%s", logTail.String())
-		}
-	}()
+	proc := startProcess(t, cfg)
+	addr, admin, cmd := proc.addr, proc.admin, proc.cmd
 
 	type answer struct {
 		status int
@@ -206,7 +163,8 @@ func TestReplicaKilledLeasesReturn(t *testing.T) {
 		up.Default(ctx)
 	})
 	cfg := sharedConfig(up.URL, redis.URL(), "    limits: {max_concurrency: 1}\n", "")
-	cmd, addr := startProcess(t, cfg)
+	proc := startProcess(t, cfg)
+	cmd, addr := proc.cmd, proc.addr
 	go http.Post("http://"+addr+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"m","messages":[]}`))
 	for arrived.Load() == 0 {
 		time.Sleep(5 * time.Millisecond)
@@ -225,14 +183,25 @@ func TestReplicaKilledLeasesReturn(t *testing.T) {
 	}
 }
 
-// startProcess runs this test binary as a Sluice serving cfg, in a process
-// of its own, and returns it with its proxy address once it serves. The
-// process is killed at the end of the test if it still runs.
-func startProcess(t *testing.T, cfg string) (*exec.Cmd, string) {
+// process is this test binary running as Sluice in a process of its own.
+type process struct {
+	cmd         *exec.Cmd
+	addr, admin string // the proxy and admin addresses it serves on
+}
+
+// startProcess runs this test binary as a Sluice serving cfg (with a
+// dead-letter file in a temporary directory unless cfg names one), in a
+// process of its own that can be sent real signals, and returns once it
+// serves. The process is killed at the end of the test if it still runs;
+// when the test failed, what it logged is shown.
+func startProcess(t *testing.T, cfg string) *process {
 	t.Helper()
 	dir := t.TempDir()
+	if !strings.Contains(cfg, "\ndeadletter:") {
+		cfg += "deadletter:\n  file: " + filepath.Join(dir, "dl.jsonl") + "\n"
+	}
 	path := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(path, []byte(cfg+"deadletter:\n  file: "+filepath.Join(dir, "dl.jsonl")+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "serve", "-config", path)
@@ -244,6 +213,16 @@ func startProcess(t *testing.T, cfg string) (*exec.Cmd, string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	var logTail strings.Builder // what the process logged after serving
+	logged := make(chan struct{})
+	// Registered first, so it runs after the kill below: it waits for the
+	// process to end.
+	t.Cleanup(func() {
+		<-logged
+		if t.Failed() {
+			t.Logf("sluice logged:\n%s", logTail.String())
+		}
+	})
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			cmd.Process.Kill()
@@ -251,21 +230,24 @@ func startProcess(t *testing.T, cfg string) (*exec.Cmd, string) {
 		}
 	})
 	logs := bufio.NewScanner(stderr)
-	var addr string
-	for addr == "" && logs.Scan() {
-		var line struct{ Msg, Listen string }
+	p := &process{cmd: cmd}
+	for p.addr == "" && logs.Scan() {
+		var line struct{ Msg, Listen, Admin string }
 		if json.Unmarshal(logs.Bytes(), &line) == nil && line.Msg == "serving" {
-			addr = line.Listen
+			p.addr, p.admin = line.Listen, line.Admin
 		}
 	}
-	if addr == "" {
-		t.Fatal("the replica exited before serving")
+	if p.addr == "" {
+		close(logged)
+		t.Fatal("sluice exited before serving")
 	}
-	go func() { // keep the pipe drained until the process exits
+	go func() { // keeps the pipe drained until the process exits
+		defer close(logged)
 		for logs.Scan() {
+			logTail.WriteString(logs.Text() + "\n")
 		}
 	}()
-	return cmd, addr
+	return p
 }
 
 // kill ends a process as a crash does: SIGKILL, no drain.
@@ -293,7 +275,8 @@ func TestIdempotencyKeyHolderKilled(t *testing.T) {
 		up.Default(ctx)
 	})
 	cfg := sharedConfig(up.URL, redis.URL(), "", "idempotency:\n  lock_ttl: 1s\n")
-	cmd, addr := startProcess(t, cfg)
+	proc := startProcess(t, cfg)
+	cmd, addr := proc.cmd, proc.addr
 	key := map[string]string{"Idempotency-Key": "order-7"}
 	go func() {
 		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
