@@ -205,13 +205,7 @@ func runDriver(ctx context.Context, args []string, stdout, stderr io.Writer) (er
 	m := readMachine(ctx, nginxBin, root, s)
 
 	var procs []*proc
-	defer func() {
-		for i := len(procs) - 1; i >= 0; i-- {
-			if serr := procs[i].stop(10 * time.Second); serr != nil {
-				err = errors.Join(err, serr)
-			}
-		}
-	}()
+	defer func() { err = errors.Join(err, stopAll(procs, 10 * time.Second)) }()
 	ports, err := freePorts(4)
 	if err != nil {
 		return err

@@ -269,3 +269,13 @@ func childPIDs(pid int) ([]int, error) {
 	}
 	return kids, nil
 }
+
+// stopAll stops procs in reverse order of starting, each given grace to
+// exit, and returns every error joined.
+func stopAll(procs []*proc, grace time.Duration) error {
+	var err error
+	for i := len(procs) - 1; i >= 0; i-- {
+		err = errors.Join(err, procs[i].stop(grace))
+	}
+	return err
+}

@@ -162,13 +162,7 @@ func runShared(ctx context.Context, args []string, stdout, stderr io.Writer) (er
 	m := readMachine(ctx, "", root, driverSettings{sluiceBin: s.sluiceBin})
 
 	var procs []*proc
-	defer func() {
-		for i := len(procs) - 1; i >= 0; i-- {
-			if serr := procs[i].stop(10 * time.Second); serr != nil {
-				err = errors.Join(err, serr)
-			}
-		}
-	}()
+	defer func() { err = errors.Join(err, stopAll(procs, 10 * time.Second)) }()
 	ports, err := freePorts(6)
 	if err != nil {
 		return err

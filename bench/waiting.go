@@ -149,13 +149,7 @@ func runWaiting(ctx context.Context, args []string, stdout, stderr io.Writer) (e
 	m := readMachine(ctx, "", root, driverSettings{})
 
 	var procs []*proc
-	defer func() {
-		for i := len(procs) - 1; i >= 0; i-- {
-			if serr := procs[i].stop(20 * time.Second); serr != nil {
-				err = errors.Join(err, serr)
-			}
-		}
-	}()
+	defer func() { err = errors.Join(err, stopAll(procs, 20 * time.Second)) }()
 	ports, err := freePorts(3)
 	if err != nil {
 		return err
