@@ -205,7 +205,7 @@ func runDriver(ctx context.Context, args []string, stdout, stderr io.Writer) (er
 	m := readMachine(ctx, nginxBin, root, s)
 
 	var procs []*proc
-	defer func() { err = errors.Join(err, stopAll(procs, 10 * time.Second)) }()
+	defer func() { err = errors.Join(err, stopAll(procs, 10*time.Second)) }()
 	ports, err := freePorts(4)
 	if err != nil {
 		return err

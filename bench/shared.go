@@ -162,7 +162,7 @@ func runShared(ctx context.Context, args []string, stdout, stderr io.Writer) (er
 	m := readMachine(ctx, "", root, driverSettings{sluiceBin: s.sluiceBin})
 
 	var procs []*proc
-	defer func() { err = errors.Join(err, stopAll(procs, 10 * time.Second)) }()
+	defer func() { err = errors.Join(err, stopAll(procs, 10*time.Second)) }()
 	ports, err := freePorts(6)
 	if err != nil {
 		return err

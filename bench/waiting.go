@@ -149,7 +149,7 @@ func runWaiting(ctx context.Context, args []string, stdout, stderr io.Writer) (e
 	m := readMachine(ctx, "", root, driverSettings{})
 
 	var procs []*proc
-	defer func() { err = errors.Join(err, stopAll(procs, 20 * time.Second)) }()
+	defer func() { err = errors.Join(err, stopAll(procs, 20*time.Second)) }()
 	ports, err := freePorts(3)
 	if err != nil {
 		return err
