@@ -57,12 +57,14 @@ func (p *Proxy) claim(ctx *fasthttp.RequestCtx, x *exchange, key []byte, deadlin
 	h.Write(ctx.PostBody())
 	var sum [32]byte
 	h.Sum(sum[:0])
-	stream := false
+	// Parsed once here; admit uses it. A body that does not parse is
+	// answered by admit when the quota needs it.
 	if ctx.IsPost() && len(ctx.PostBody()) > 0 {
 		if est, err := p.estimator.Parse(ctx.PostBody()); err == nil {
-			stream = est.Stream
+			x.parsed, x.est = true, est
 		}
 	}
+	stream := x.parsed && x.est.Stream
 	_, replay := ctx.UserValue(replayOf{}).(string)
 
 	k := string(key)

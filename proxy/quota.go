@@ -232,12 +232,15 @@ func (p *Proxy) admit(ctx *fasthttp.RequestCtx, x *exchange, path []byte, start 
 	sc := q.provider
 	cost := limiter.Cost{Requests: 1}
 	if q.parse && ctx.IsPost() && len(ctx.PostBody()) > 0 {
-		est, err := p.estimator.Parse(ctx.PostBody())
-		if err != nil {
-			writeError(ctx, invalidBody(err))
-			return false
+		if !x.parsed { // claim may have parsed it already
+			est, err := p.estimator.Parse(ctx.PostBody())
+			if err != nil {
+				writeError(ctx, invalidBody(err))
+				return false
+			}
+			x.parsed, x.est = true, est
 		}
-		x.parsed, x.est = true, est
+		est := x.est
 		sc = q.scopeFor(est.Model)
 		if sc.tokens {
 			output := est.MaxOutput
